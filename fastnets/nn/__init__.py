@@ -1,0 +1,3 @@
+"""Flax Linen modules: thin wrappers that own parameters and call `fastnets.ops`."""
+
+__all__ = []

@@ -1,0 +1,47 @@
+"""Classification losses and metrics shared by every model and experiment."""
+
+import jax
+import jax.numpy as jnp
+
+
+def _check_logits_labels(logits: jax.Array, labels: jax.Array) -> None:
+  if logits.ndim != 2:
+    raise ValueError(f"logits must have shape (batch, classes), got shape {logits.shape}.")
+  if labels.shape != logits.shape[:1]:
+    raise ValueError(
+        f"labels must have shape (batch,) = {logits.shape[:1]} matching logits, got {labels.shape}.")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}.")
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Mean softmax cross-entropy.
+
+  Args:
+    logits: float array of shape (batch, classes).
+    labels: integer array of shape (batch,) with values in [0, classes).
+    label_smoothing: mass moved uniformly over all classes (Szegedy et al. 2016), in [0, 1).
+
+  Returns:
+    Scalar float32 loss, computed in float32 whatever the logits' dtype.
+  """
+  _check_logits_labels(logits, labels)
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of rows whose arg-max equals the label: float32 scalar in [0, 1].
+
+  Args:
+    logits: float array of shape (batch, classes).
+    labels: integer array of shape (batch,).
+  """
+  _check_logits_labels(logits, labels)
+  return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))

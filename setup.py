@@ -1,0 +1,50 @@
+"""fastnets: a JAX research codebase for efficient deep networks.
+
+`kernels/` lives at the top of the repository (see ARCHITECTURE.md) and is installed as the
+subpackage `fastnets.kernels` through `package_dir`.
+"""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.11",
+    "optax>=0.2.5",
+    "chex>=0.1.90",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "ml_dtypes>=0.5",
+    "tensorflow-datasets>=4.9.9",
+    "orbax-checkpoint>=0.11",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+]
+
+EXTRAS = {
+    "dev": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "hypothesis>=6.100",
+        "scipy>=1.11",
+        "nbformat>=5.9",
+        "nbclient>=0.10",
+        "ipykernel>=6.29",
+    ],
+    "gpu": ["jax[cuda12]>=0.10"],
+}
+
+setuptools.setup(
+    name="fastnets",
+    version="0.1.0",
+    description="Efficient deep networks in JAX: reversible nets, Fastfood, low precision, sparse conv.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["fastnets", "fastnets.*"]) + ["fastnets.kernels"],
+    package_dir={"fastnets.kernels": "kernels"},
+    package_data={"fastnets.data": ["files/*.gz"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
