@@ -1,0 +1,149 @@
+"""Benchmark: BT-LSTM (and TT-LSTM) training step against the dense LSTM's, on this machine.
+
+    python -m experiments.bench_bt_rnn --workdir=runs/bench_bt_rnn --quick
+
+One jitted Adam training step (forward, backward, update) of `fastnets.models.bt_rnn.
+SequenceClassifier` on random (batch, time, input_dim) frames, for each input dimension, cell and
+input-projection mode (hoisted: the input map runs once on all time steps before the scan;
+per_step: inside the scan, as `nn.RNN`). The variants of one input dimension are timed
+interleaved (one step of each per round, after compilation and warm-up) and the medians are
+compared in the same run: `speedup_vs_lstm` = median(dense LSTM step) / median(variant step),
+same projection mode. The issue-9 target: BT-LSTM faster than the LSTM at input dim 784 and above.
+Quick: about a minute on 2 CPU cores.
+
+Writes --workdir/results.json with metrics["d<input_dim>"][<cell>_<mode>] =
+{median_ms, speedup_vs_lstm, input_params, total_params, input_map_flops_fwd}.
+"""
+
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import common
+from fastnets.models.bt_rnn import SequenceClassifier, param_counts
+from fastnets.ops import losses
+from fastnets.ops import tensor_formats as tf
+
+NAME = "bench_bt_rnn"
+# Input factorisations per input dimension (784 = 28 x 28 frames split as rows/columns).
+FACTORS = {784: (4, 7, 4, 7), 4096: (8, 8, 8, 8), 57600: (8, 20, 20, 18)}
+DEFAULTS = {
+    "workdir": "runs/bench_bt_rnn",
+    "input_dims": [784, 4096],
+    "cells": ["lstm", "bt_lstm", "tt_lstm"],
+    "modes": ["hoisted", "per_step"],
+    "hidden": 256,
+    "hidden_factors": [4, 4, 4, 4],
+    "tucker_rank": 2,
+    "num_blocks": 1,
+    "tt_rank": 4,
+    "batch": 32,
+    "time": 8,
+    "num_classes": 10,
+    "warmup": 3,
+    "repeats": 20,
+    "seed": 0,
+}
+QUICK = {"repeats": 10, "warmup": 2}
+SMOKE = {"input_dims": [784], "modes": ["hoisted"], "hidden": 16, "hidden_factors": [2, 2, 2, 2],
+         "batch": 4, "time": 2, "warmup": 1, "repeats": 2}
+PAPER = {"claim": "BT-RNN reduces parameters and improves training efficiency over the LSTM "
+                  "(Ye et al. 2018); fastnets issue 9 target: a BT-LSTM training step is faster "
+                  "than the dense LSTM's at input dimension 784 and above (CPU)",
+         "value": 1.0, "source": "Ye et al. 2018 (CVPR), BT-RNN; fastnets issue 9"}
+
+
+def _make_step(model, tx):
+  def loss_fn(params, x, y):
+    return losses.cross_entropy_loss(model.apply({"params": params}, x), y)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def run(config: dict) -> dict:
+  """Times the training steps; returns (and writes) the results record."""
+  config = common.merge_config(DEFAULTS, config)
+  timer = common.Timer()
+  rng = np.random.default_rng(config["seed"])
+  hidden_factors = tuple(int(f) for f in config["hidden_factors"])
+  metrics = {}
+  for dim in [int(d) for d in config["input_dims"]]:
+    in_f = FACTORS.get(dim) or tf.balanced_factors(dim, len(hidden_factors))
+    x = jnp.asarray(rng.standard_normal((config["batch"], config["time"], dim)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, config["num_classes"], config["batch"]), jnp.int32)
+    variants = {}
+    for cell in config["cells"]:
+      for mode in config["modes"]:
+        model = SequenceClassifier(
+            cell=cell, hidden=config["hidden"], num_classes=config["num_classes"],
+            input_factors=in_f, hidden_factors=hidden_factors, tucker_rank=config["tucker_rank"],
+            num_blocks=config["num_blocks"], tt_rank=config["tt_rank"],
+            hoist_input_projection=(mode == "hoisted"))
+        params = model.init(jax.random.key(config["seed"]), x)["params"]
+        tx = optax.adam(1e-3)
+        state = [params, tx.init(params)]
+        step = _make_step(model, tx)
+        for _ in range(config["warmup"] + 1):  # The first call compiles.
+          out = step(state[0], state[1], x, y)
+          jax.block_until_ready(out)
+        rows = config["batch"] * (config["time"] if mode == "hoisted" else 1)
+        out_f = (4 * hidden_factors[0],) + hidden_factors[1:]
+        if cell.startswith("bt_"):
+          flops = tf.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
+                                     config["num_blocks"]).flops
+        elif cell.startswith("tt_"):
+          flops = tf.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"]).flops
+        else:
+          flops = 2 * rows * dim * 4 * config["hidden"]
+        if mode == "per_step":
+          flops *= config["time"]
+        variants[f"{cell}_{mode}"] = dict(step=step, state=state, times=[], mode=mode,
+                                          flops=flops, **param_counts(params))
+    for _ in range(config["repeats"]):  # Interleaved rounds: drift hits every variant alike.
+      for v in variants.values():
+        t0 = time.perf_counter()
+        out = v["step"](v["state"][0], v["state"][1], x, y)
+        jax.block_until_ready(out)
+        v["times"].append(time.perf_counter() - t0)
+    result = {}
+    for key, v in variants.items():
+      result[key] = {"median_ms": 1e3 * statistics.median(v["times"]),
+                     "input_params": v["input_params"], "total_params": v["total_params"],
+                     "input_map_flops_fwd": int(v["flops"])}
+    for key, v in variants.items():
+      base = result.get(f"lstm_{v['mode']}")
+      result[key]["speedup_vs_lstm"] = (base["median_ms"] / result[key]["median_ms"]
+                                        if base else None)
+    result["input_factors"] = list(in_f)
+    metrics[f"d{dim}"] = result
+  return common.write_results(config["workdir"] or None, NAME, config, metrics, PAPER, timer())
+
+
+def report_rows(results: dict) -> list[dict]:
+  """One row per input dimension: BT-LSTM step speed-up over the LSTM (hoisted projections)."""
+  rows = []
+  for key, m in results["metrics"].items():
+    bt = m.get("bt_lstm_hoisted") or m.get("bt_lstm_per_step")
+    if not bt or bt.get("speedup_vs_lstm") is None:
+      continue
+    rows.append({"technique": f"BT-LSTM training step, input {key[1:]} (CPU)",
+                 "claim": PAPER["claim"], "paper": "faster than the LSTM (speed-up > 1)",
+                 "ours": f"{bt['speedup_vs_lstm']:.2f}x ({bt['median_ms']:.1f} ms vs "
+                         f"{bt['median_ms'] * bt['speedup_vs_lstm']:.1f} ms)",
+                 "reproduced": bt["speedup_vs_lstm"] > 1.0})
+  return rows
+
+
+if __name__ == "__main__":
+  common.main(sys.modules[__name__])

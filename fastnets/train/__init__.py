@@ -1,0 +1,21 @@
+"""Training: configuration, optimizers, jit'd steps, data-parallel sharding, checkpoints, `fit`."""
+
+from fastnets.train.checkpoint import (Checkpointer, WorkdirMismatchError,
+                                       check_or_record_run_config)
+from fastnets.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from fastnets.train.loop import NonFiniteLossError, TrainResult, evaluate, fit
+from fastnets.train.optim import make_optimizer, make_schedule
+from fastnets.train.sharding import (DATA_AXIS, batch_sharded, check_batch_size, make_mesh,
+                                     maybe_initialize_distributed, replicate, replicated,
+                                     shard_batch)
+from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
+                                  init_train_state, make_eval_step, make_train_step)
+
+__all__ = [
+    "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
+    "TrainConfig", "TrainResult", "TrainState", "WorkdirMismatchError", "batch_sharded",
+    "check_batch_size", "check_or_record_run_config", "classification_loss",
+    "empty_metric_sums", "evaluate", "fit", "init_train_state", "make_eval_step", "make_mesh",
+    "make_optimizer", "make_schedule", "make_train_step", "maybe_initialize_distributed",
+    "replicate", "replicated", "shard_batch",
+]
