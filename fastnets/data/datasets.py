@@ -226,23 +226,21 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_split: str = "tra
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetError(f"unknown dataset {name!r}: tfds does not know it (use the bundled "
                        f"{BUNDLED_MNIST!r}, 'idx:/path/to/dir' or a tfds catalog name).") from e
-  if not builder.is_prepared():
-    raise DatasetError(f"tfds dataset {name!r} is not prepared in "
-                       f"{data_dir or 'the default data_dir'} and this run does not download.\n"
-                       + _tfds_how_to(name, data_dir))
-  splits = builder.info.splits
   if validation_split is None:
-    validation_split = "validation" if "validation" in splits else "test"
+    validation_split = "validation" if "validation" in builder.info.splits else "test"
   arrays = {}
   for split in (train_split, validation_split):
     try:
       source = builder.as_data_source(split=split)
-    except NotImplementedError as e:
-      raise DatasetError(f"tfds dataset {name!r} is prepared in a format without random access. "
-                         + _tfds_how_to(name, data_dir)) from e
+    except NotImplementedError as e:  # tfds' answer both when unprepared and for TFRecord data.
+      if not builder.is_prepared():
+        raise DatasetError(f"tfds dataset {name!r} is not prepared in "
+                           f"{data_dir or 'the default data_dir'} and this run does not "
+                           "download.\n" + _tfds_how_to(name, data_dir)) from e
+      raise DatasetError(f"tfds dataset {name!r} is prepared in a format without random "
+                         "access (TFRecord). " + _tfds_how_to(name, data_dir)) from e
     except (KeyError, ValueError) as e:
-      raise DatasetError(f"tfds dataset {name!r} has no split {split!r}; it has "
-                         f"{sorted(splits)}.") from e
+      raise DatasetError(f"tfds dataset {name!r} has no split {split!r}: {e}") from e
     examples = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(ex[image_key]) for ex in examples])
     labels = np.asarray([ex[label_key] for ex in examples])
