@@ -19,7 +19,8 @@ from experiments import common
 from fastnets import data, models, train
 
 NAME = "baseline"
-DEFAULTS = {**common.TRAIN_DEFAULTS, "workdir": "runs/baseline", "model": "cnn"}
+DEFAULTS = {**common.TRAIN_DEFAULTS, "workdir": "runs/baseline", "model": "cnn", "log_every": 25,
+            "eval_every": 100}
 QUICK = {}
 SMOKE = {"steps": 2, "batch_size": 32, "log_every": 1, "checkpoint_every": 0,
          "eval_batch_size": 500}

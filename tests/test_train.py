@@ -156,3 +156,12 @@ def test_same_loss_on_one_and_four_devices_and_batch_check():
   np.testing.assert_allclose(runs["1"]["loss"], runs["4"]["loss"], rtol=2e-5)
   assert abs(runs["1"]["val"] - runs["4"]["val"]) <= 1e-3
   assert "batch_size=30 does not divide over the 4 devices" in runs["error"]
+
+
+def test_run_config_without_checkpoint_is_replaced(tmp_path):
+  train.check_or_record_run_config(str(tmp_path), {"train": {"lr": 1}}, has_checkpoint=False)
+  train.check_or_record_run_config(str(tmp_path), {"train": {"lr": 2}}, has_checkpoint=False)
+  with pytest.raises(train.WorkdirMismatchError, match=r"train\.lr: 2 -> 3"):
+    train.check_or_record_run_config(str(tmp_path), {"train": {"lr": 3}}, has_checkpoint=True)
+  train.check_or_record_run_config(str(tmp_path), {"train": {"lr": 2, "log_every": 5}},
+                                   ignore=("log_every",), has_checkpoint=True)

@@ -34,13 +34,16 @@ def _jsonable(x: Any) -> Any:
   return json.loads(json.dumps(x, default=str))
 
 
-def check_or_record_run_config(workdir: str, run_config: dict, ignore: tuple = ()) -> None:
-  """Records `run_config` in a fresh workdir, or checks that it equals the recorded one.
+def check_or_record_run_config(workdir: str, run_config: dict, ignore: tuple = (),
+                               has_checkpoint: bool = True) -> None:
+  """Records `run_config` in a workdir without checkpoints, or checks it against the recorded one.
 
   Args:
     workdir: the run directory.
     run_config: JSON-able description of the run (train config, model, dataset, ...).
     ignore: flattened keys ("train.log_every") allowed to differ.
+    has_checkpoint: whether the workdir holds a checkpoint; without one there is nothing to
+      protect and the new configuration replaces the recorded one.
 
   Raises:
     WorkdirMismatchError: the recorded configuration differs in other keys; names them and the fix.
@@ -48,7 +51,7 @@ def check_or_record_run_config(workdir: str, run_config: dict, ignore: tuple = (
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, RUN_CONFIG)
   run_config = _jsonable(run_config)
-  if not os.path.exists(path):
+  if not has_checkpoint or not os.path.exists(path):
     with open(path, "w") as f:
       json.dump(run_config, f, indent=2, sort_keys=True)
     return

@@ -168,7 +168,9 @@ def fit(model: nn.Module,
     tx = tx_wrapper(tx)
 
   sample = next(eval_batches(dataset, dataset.train, 1))["image"]
-  init_key = jax.random.fold_in(jax.random.key(config.seed), -1 % (2**31))
+  # Train steps use fold_in(key(seed), step) with step < steps; initialisation takes an index no
+  # step reaches.
+  init_key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
   state = jax.jit(lambda x: init_train_state(model, tx, init_key, x),
                   out_shardings=shd.replicated(mesh))(jnp.asarray(sample))
 
@@ -193,9 +195,10 @@ def fit(model: nn.Module,
     run_config = {"train": {k: v for k, v in config.to_dict().items()},
                   "model": repr(model), "dataset": dataset.name,
                   **(run_info or {})}
-    check_or_record_run_config(workdir, run_config, ignore=REPORTING_FIELDS)
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     latest = checkpointer.latest_step()
+    check_or_record_run_config(workdir, run_config, ignore=REPORTING_FIELDS,
+                               has_checkpoint=latest is not None)
     if latest is not None:
       (state, sums), meta = checkpointer.restore(latest, (state, sums))
       history = list(meta.get("history", []))
