@@ -220,57 +220,59 @@ def fit(model: nn.Module,
           f"the loss or the gradients became NaN/Inf at step {bad + 1} (detected by step {step}); "
           f"{kept}. Lower the learning rate, clip gradients (grad_clip_norm) or check the data.")
 
-  step = int(jax.device_get(state.step))
-  window_start, window_step = time.time(), step
-  batches = train_batches(dataset, config.batch_size, config.seed, start_step=step,
-                          num_steps=config.steps - step, augment=config.augment)
-  if step < config.steps:
-    say(f"training {config.steps} steps on {n_devices} device(s) "
-        f"({jax.devices()[0].platform}), batch {config.batch_size}, from step {step}")
-  for batch in batches:
-    state, sums = steps_fn[choose_variant(step)](state, shd.shard_batch(batch, mesh), sums)
-    step += 1
-    for cb in callbacks:
-      new_state = cb(step, state)
-      state = state if new_state is None else new_state
-    report = step % config.log_every == 0 or step == config.steps
-    checkpoint = checkpointer is not None and (
-        (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps)
-    if report or checkpoint:
-      host_sums = jax.device_get(sums)
-      check_finite(host_sums, step)
-    if report and int(host_sums["count"]):
-      count = int(host_sums["count"])
-      record = {"step": step, **{f"train_{k}": float(host_sums[k]) / count for k in metric_names}}
-      elapsed = time.time() - window_start
-      record["steps_per_sec"] = (step - window_step) / max(elapsed, 1e-9)
-      history.append(record)
-      tb.scalars(step, {k: v for k, v in record.items() if k != "step"})
-      eta = (config.steps - step) / max(record["steps_per_sec"], 1e-9)
-      extras = " | ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()
-                          if k.startswith("train_") and k != "train_loss")
-      say(f"step {step}/{config.steps} | loss {record['train_loss']:.4f} | {extras} | "
-          f"{record['steps_per_sec']:.1f} steps/s | ETA {_format_eta(eta)}")
-      sums = shd.replicate(empty_metric_sums(metric_names), mesh)
-      window_start, window_step = time.time(), step
-    if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-      ev = evaluate(model, state, dataset, config.eval_batch_size, mesh, eval_step=eval_step)
+  try:
+    step = int(jax.device_get(state.step))
+    window_start, window_step = time.time(), step
+    batches = train_batches(dataset, config.batch_size, config.seed, start_step=step,
+                            num_steps=config.steps - step, augment=config.augment)
+    if step < config.steps:
+      say(f"training {config.steps} steps on {n_devices} device(s) "
+          f"({jax.devices()[0].platform}), batch {config.batch_size}, from step {step}")
+    for batch in batches:
+      state, sums = steps_fn[choose_variant(step)](state, shd.shard_batch(batch, mesh), sums)
+      step += 1
+      for cb in callbacks:
+        new_state = cb(step, state)
+        state = state if new_state is None else new_state
+      report = step % config.log_every == 0 or step == config.steps
+      checkpoint = checkpointer is not None and (
+          (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps)
+      if report or checkpoint:
+        host_sums = jax.device_get(sums)
+        check_finite(host_sums, step)
+      if report and int(host_sums["count"]):
+        count = int(host_sums["count"])
+        record = {"step": step, **{f"train_{k}": float(host_sums[k]) / count for k in metric_names}}
+        elapsed = time.time() - window_start
+        record["steps_per_sec"] = (step - window_step) / max(elapsed, 1e-9)
+        history.append(record)
+        tb.scalars(step, {k: v for k, v in record.items() if k != "step"})
+        eta = (config.steps - step) / max(record["steps_per_sec"], 1e-9)
+        extras = " | ".join(f"{k[6:]} {v:.4g}" for k, v in record.items()
+                            if k.startswith("train_") and k != "train_loss")
+        say(f"step {step}/{config.steps} | loss {record['train_loss']:.4f} | {extras} | "
+            f"{record['steps_per_sec']:.1f} steps/s | ETA {_format_eta(eta)}")
+        sums = shd.replicate(empty_metric_sums(metric_names), mesh)
+        window_start, window_step = time.time(), step
+      if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+        ev = evaluate(model, state, dataset, config.eval_batch_size, mesh, eval_step=eval_step)
+        history.append({"step": step, "val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
+        tb.scalars(step, {"val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
+        say(f"step {step}/{config.steps} | val accuracy {ev['accuracy']:.4f} | "
+            f"val loss {ev['loss']:.4f}")
+      if checkpoint:
+        save(step)
+
+    ev = evaluate(model, state, dataset, config.eval_batch_size, mesh, eval_step=eval_step)
+    if not history or history[-1].get("val_accuracy") is None or history[-1]["step"] != step:
       history.append({"step": step, "val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
       tb.scalars(step, {"val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
-      say(f"step {step}/{config.steps} | val accuracy {ev['accuracy']:.4f} | "
-          f"val loss {ev['loss']:.4f}")
-    if checkpoint:
-      save(step)
-
-  ev = evaluate(model, state, dataset, config.eval_batch_size, mesh, eval_step=eval_step)
-  if not history or history[-1].get("val_accuracy") is None or history[-1]["step"] != step:
-    history.append({"step": step, "val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
-    tb.scalars(step, {"val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
-  say(f"final | val accuracy {ev['accuracy']:.4f} | val loss {ev['loss']:.4f} "
-      f"({ev['count']} examples)")
-  tb.close()
-  if checkpointer is not None:
-    checkpointer.close()
+    say(f"final | val accuracy {ev['accuracy']:.4f} | val loss {ev['loss']:.4f} "
+        f"({ev['count']} examples)")
+  finally:  # Also on errors and interrupts: flush events, finish checkpoint writes.
+    tb.close()
+    if checkpointer is not None:
+      checkpointer.close()
   train_records = [h for h in history if "train_loss" in h]
   last = train_records[-1] if train_records else {}
   rates = [h["steps_per_sec"] for h in train_records]
