@@ -5,7 +5,7 @@ weights of its output channels, accumulating the shifted input window that each 
 (no im2col, no sparse-matrix library). This kernel does the same in Pallas:
 
 * program (n, i, j, t) computes the output tile `out[n, i BH : (i+1) BH, j BW : (j+1) BW,
-  t BO : (t+1) BO]` in registers (a (BH, BW, BO) float32 accumulator);
+  t BO : (t+1) BO]` in registers (a (BH, BW, BO) float32 accumulator, float64 for float64 input);
 * it loops over slot k = 0 .. nnz_tile - 1, where nnz_tile is the largest nonzero count among its
   BO output channels (a dynamic trip count: sparse tiles finish early);
 * at slot k it loads the BO flat offsets and values of the k-th nonzero of its channels (two
@@ -111,7 +111,8 @@ def default_config(out_hw: tuple[int, int], out_channels: int) -> SparseConvConf
 
 
 def _kernel(tile_nnz_ref, off_ref, val_ref, x_ref, *rest, cfg: SparseConvConfig, plane: int,
-            width: int, has_bias: bool, relu: bool):
+            width: int, has_bias: bool, relu: bool, n_extra: int = 0):
+  rest = rest[:len(rest) - 1 - n_extra] + rest[len(rest) - 1:]  # drop the poisoned alias input
   if has_bias:
     bias_ref, o_ref = rest
   else:
@@ -126,23 +127,26 @@ def _kernel(tile_nnz_ref, off_ref, val_ref, x_ref, *rest, cfg: SparseConvConfig,
   spatial = (lax.broadcasted_iota(jnp.int32, (bh, bw, 1), 0) * width
              + lax.broadcasted_iota(jnp.int32, (bh, bw, 1), 1))
   nk = tile_nnz_ref[t]
+  acc_dtype = jnp.promote_types(o_ref.dtype, jnp.float32)  # float32, or float64 for f64 inputs
 
   def body(k, acc):
     off = off_ref[k, pl.ds(o0, bo)]
     val = val_ref[k, pl.ds(o0, bo)]
     idx = base + spatial + off[None, None, :]
     win = x_ref[idx]  # gather: BO shifted (BH, BW) windows
-    return acc + win.astype(jnp.float32) * val.astype(jnp.float32)[None, None, :]
+    return acc + win.astype(acc_dtype) * val.astype(acc_dtype)[None, None, :]
 
-  acc = lax.fori_loop(0, nk, body, jnp.zeros((bh, bw, bo), jnp.float32))
+  acc = lax.fori_loop(0, nk, body, jnp.zeros((bh, bw, bo), acc_dtype))
   if has_bias:
-    acc = acc + bias_ref[pl.ds(o0, bo)].astype(jnp.float32)[None, None, :]
+    acc = acc + bias_ref[pl.ds(o0, bo)].astype(acc_dtype)[None, None, :]
   if relu:
     acc = jnp.maximum(acc, 0.0)
   o_ref[0] = acc.astype(o_ref.dtype)
 
 
-def _forward(x, values, rows, cols, chans, nnz, bias, static):
+def _forward(x, values, rows, cols, chans, nnz, bias, static, poison: bool = False):
+  """The kernel call. `poison=True` (tests) pre-fills the output buffer with NaN through an
+  input/output alias, so an output element the kernel fails to write shows up as NaN."""
   kernel_shape, strides, padding, relu, cfg, interpret = static
   w = _ops.SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
   out_dtype = jnp.result_type(x.dtype, values.dtype)
@@ -174,14 +178,23 @@ def _forward(x, values, rows, cols, chans, nnz, bias, static):
   def whole(a):
     return pl.BlockSpec(a.shape, lambda *_, nd=a.ndim: (0,) * nd)
 
+  out_shape = (n, nh * bh, nw * bw, op)
+  in_specs = [whole(a) for a in operands]
+  aliases = {}
+  if poison:
+    aliases = {len(operands): 0}
+    operands.append(jnp.full(out_shape, jnp.nan, out_dtype))
+    in_specs.append(pl.BlockSpec((1, bh, bw, bo), lambda b, i, j, t: (b, i, j, t)))
   kernel = functools.partial(
-    _kernel, cfg=cfg, plane=plane, width=wx, has_bias=bias is not None, relu=relu)
+    _kernel, cfg=cfg, plane=plane, width=wx, has_bias=bias is not None, relu=relu,
+    n_extra=1 if poison else 0)
   out = pl.pallas_call(
     kernel,
     grid=(n, nh, nw, no),
-    in_specs=[whole(a) for a in operands],
+    in_specs=in_specs,
     out_specs=pl.BlockSpec((1, bh, bw, bo), lambda b, i, j, t: (b, i, j, t)),
-    out_shape=jax.ShapeDtypeStruct((n, nh * bh, nw * bw, op), out_dtype),
+    out_shape=jax.ShapeDtypeStruct(out_shape, out_dtype),
+    input_output_aliases=aliases,
     compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
     interpret=interpret,
     name="escort_sparse_conv2d",
@@ -215,12 +228,8 @@ def _bwd(static, res, g):
 _sparse_conv_vjp.defvjp(_fwd, _bwd)
 
 
-def _hashable_padding(padding):
-  if isinstance(padding, str):
-    return padding.upper()
-  if isinstance(padding, int):
-    return padding
-  return tuple((int(a), int(b)) for a, b in padding)
+# Jitted so that eager calls compile once per shape and configuration.
+_sparse_conv_jit = jax.jit(_sparse_conv_vjp, static_argnums=(7,))
 
 
 def sparse_conv2d_pallas(
@@ -260,5 +269,5 @@ def sparse_conv2d_pallas(
     raise TypeError(f"config must be a SparseConvConfig or None; got {type(config).__name__}.")
   strides = _ops._pair(strides, "strides")
   _ops.conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
-  static = (w.kernel_shape, strides, _hashable_padding(padding), bool(relu), config, bool(interpret))
-  return _sparse_conv_vjp(x, w.values, w.rows, w.cols, w.chans, w.nnz, bias, static)
+  static = (w.kernel_shape, strides, _ops.hashable_padding(padding), bool(relu), config, bool(interpret))
+  return _sparse_conv_jit(x, w.values, w.rows, w.cols, w.chans, w.nnz, bias, static)

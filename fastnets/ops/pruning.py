@@ -110,8 +110,13 @@ def magnitude_mask(w: jax.Array, sparsity) -> jax.Array:
   """
   _check_sparsity(sparsity)
   w = jnp.asarray(w)
+  return _mask_jit(w, jnp.asarray(_num_pruned(sparsity, w.size), jnp.int32))
+
+
+@jax.jit  # one compilation per leaf shape, whatever the sparsity (eager callers stay fast)
+def _mask_jit(w, n_pruned):
   mag = jnp.abs(w).reshape(-1).astype(jnp.promote_types(w.dtype, jnp.float32))
-  return _keep_by_rank(mag, _num_pruned(sparsity, w.size)).reshape(w.shape)
+  return _keep_by_rank(mag, n_pruned).reshape(w.shape)
 
 
 def _prunable_leaves(params, prunable):

@@ -28,6 +28,7 @@ This module holds
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -135,7 +136,8 @@ def to_sparse_kernel(w, *, max_nnz: int | None = None, layout: str = "HWIO") -> 
     layout: only "HWIO" is supported.
 
   Returns:
-    A `SparseKernel` with `values` of `w`'s dtype; `to_dense` of it equals `w` exactly.
+    A `SparseKernel` with `values` of `w`'s dtype (float64 becomes float32 unless x64 is
+    enabled, as with `jnp.asarray`); `to_dense` of it equals `w` exactly.
 
   Raises:
     ValueError: `layout` is not "HWIO", `w` is not 4-D, or `max_nnz` is smaller than the largest
@@ -170,7 +172,7 @@ def to_sparse_kernel(w, *, max_nnz: int | None = None, layout: str = "HWIO") -> 
   idx = np.where(valid, idx, 0)
   values = np.where(valid, np.take_along_axis(flat, idx, axis=1), np.zeros((), wn.dtype))
   return SparseKernel(
-    values=jnp.asarray(values, dtype=wn.dtype),
+    values=jnp.asarray(values),
     rows=jnp.asarray(idx // (kw * ci), jnp.int32),
     cols=jnp.asarray((idx // ci) % kw, jnp.int32),
     chans=jnp.asarray(idx % ci, jnp.int32),
@@ -372,6 +374,24 @@ def sparse_conv2d_reference(
     (N, Ho, Wo, O) output, equal to `lax.conv_general_dilated(x, to_dense(w), ...)`.
   """
   _check_inputs(x, w, bias, "NHWC", (1, 1))
+  strides = _pair(strides, "strides")
+  conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
+  return _reference_jit(x, w, bias, strides=strides, padding=hashable_padding(padding),
+                        relu=bool(relu), row_tile=row_tile, slot_group=int(slot_group))
+
+
+def hashable_padding(padding: Padding):
+  """`padding` in a hashable form (for static arguments of jit)."""
+  if isinstance(padding, str):
+    return padding.upper()
+  if isinstance(padding, int | np.integer):
+    return int(padding)
+  return tuple((int(a), int(b)) for a, b in padding)
+
+
+# Jitted so that eager calls (notebooks, sparse inference outside jit) compile once per shape.
+@functools.partial(jax.jit, static_argnames=("strides", "padding", "relu", "row_tile", "slot_group"))
+def _reference_jit(x, w, bias, *, strides, padding, relu, row_tile, slot_group):
   out_dtype = jnp.result_type(x.dtype, w.values.dtype)
   acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
   xq, rows, cols, chans, (ho, wo), (khq, _) = stride_one_problem(x, w, strides, padding)
@@ -390,10 +410,11 @@ def sparse_conv2d_reference(
   xtiles = jnp.moveaxis(xt[:, tile_rows], 1, 0)  # (n_tiles, Cq, T + KHq - 1, Wq, N)
   vals = jnp.where(w.valid, w.values, 0).astype(acc_dtype)
   padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
-  vals, rows, cols, chans = map(padk, (vals, rows, cols, chans))
+  vals = padk(vals)
+  rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
 
   def window(xb, ch, r, c):
-    return lax.dynamic_slice(xb, (ch, r, c, 0), (1, tile, wo, n))[0]
+    return lax.dynamic_slice(xb, (ch, r, c, jnp.zeros((), jnp.int32)), (1, tile, wo, n))[0]
 
   def one_tile(xb):
     def body(j, acc):
