@@ -3,16 +3,20 @@
     python -m experiments.bench_bt_rnn --workdir=runs/bench_bt_rnn --quick
 
 One jitted Adam training step (forward, backward, update) of `fastnets.models.bt_rnn.
-SequenceClassifier` on random (batch, time, input_dim) frames, for each input dimension, cell and
-input-projection mode (hoisted: the input map runs once on all time steps before the scan;
-per_step: inside the scan, as `nn.RNN`). The variants of one input dimension are timed
-interleaved (one step of each per round, after compilation and warm-up) and the medians are
-compared in the same run: `speedup_vs_lstm` = median(dense LSTM step) / median(variant step),
-same projection mode. The issue-9 target: BT-LSTM faster than the LSTM at input dim 784 and above.
-Quick: about a minute on 2 CPU cores.
+SequenceClassifier` (hidden 256 = 4x4x4x4, 8 time steps, batch 32) on random
+(batch, time, input_dim) frames, for each input dimension, cell, contraction-order strategy of the
+BT/TT input map (`tensor_optimize`: "optimal" = fewest FLOPs, the default of the layers; "size" =
+smallest intermediates) and input-projection mode (hoisted: the input map runs once on all
+batch x time rows before the scan; per_step: inside the scan on batch rows, as `nn.RNN`). The
+variants of one input dimension are timed interleaved (one step of each per round, after
+compilation and warm-up) and the medians are compared in the same run: `speedup_vs_lstm` =
+median(dense LSTM step) / median(variant step), same projection mode. The issue-9 target: BT-LSTM
+faster than the LSTM at input dim 784 and above. Quick: 2-6 minutes on 2 (shared) CPU cores,
+mostly compilation.
 
-Writes --workdir/results.json with metrics["d<input_dim>"][<cell>_<mode>] =
-{median_ms, speedup_vs_lstm, input_params, total_params, input_map_flops_fwd}.
+Writes --workdir/results.json with metrics["d<input_dim>"][<cell>[_size]_<mode>] =
+{median_ms, speedup_vs_lstm, input_params, total_params, input_map_flops_fwd} (input_params
+includes the 4H bias; input_map_flops_fwd is the forward cost of the input map per step).
 """
 
 import statistics
@@ -36,6 +40,7 @@ DEFAULTS = {
     "workdir": "runs/bench_bt_rnn",
     "input_dims": [784, 4096],
     "cells": ["lstm", "bt_lstm", "tt_lstm"],
+    "tensor_optimize": ["optimal", "size"],
     "modes": ["hoisted", "per_step"],
     "hidden": 256,
     "hidden_factors": [4, 4, 4, 4],
@@ -83,33 +88,36 @@ def run(config: dict) -> dict:
     x = jnp.asarray(rng.standard_normal((config["batch"], config["time"], dim)), jnp.float32)
     y = jnp.asarray(rng.integers(0, config["num_classes"], config["batch"]), jnp.int32)
     variants = {}
-    for cell in config["cells"]:
-      for mode in config["modes"]:
-        model = SequenceClassifier(
-            cell=cell, hidden=config["hidden"], num_classes=config["num_classes"],
-            input_factors=in_f, hidden_factors=hidden_factors, tucker_rank=config["tucker_rank"],
-            num_blocks=config["num_blocks"], tt_rank=config["tt_rank"],
-            hoist_input_projection=(mode == "hoisted"))
-        params = model.init(jax.random.key(config["seed"]), x)["params"]
-        tx = optax.adam(1e-3)
-        state = [params, tx.init(params)]
-        step = _make_step(model, tx)
-        for _ in range(config["warmup"] + 1):  # The first call compiles.
-          out = step(state[0], state[1], x, y)
-          jax.block_until_ready(out)
-        rows = config["batch"] * (config["time"] if mode == "hoisted" else 1)
-        out_f = (4 * hidden_factors[0],) + hidden_factors[1:]
-        if cell.startswith("bt_"):
-          flops = tf.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
-                                     config["num_blocks"]).flops
-        elif cell.startswith("tt_"):
-          flops = tf.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"]).flops
-        else:
-          flops = 2 * rows * dim * 4 * config["hidden"]
-        if mode == "per_step":
-          flops *= config["time"]
-        variants[f"{cell}_{mode}"] = dict(step=step, state=state, times=[], mode=mode,
-                                          flops=flops, **param_counts(params))
+    combos = [(cell, opt, mode) for cell in config["cells"] for mode in config["modes"]
+              for opt in (config["tensor_optimize"] if cell[:3] in ("bt_", "tt_") else ["-"])]
+    for cell, opt, mode in combos:
+      model = SequenceClassifier(
+          cell=cell, hidden=config["hidden"], num_classes=config["num_classes"],
+          input_factors=in_f, hidden_factors=hidden_factors, tucker_rank=config["tucker_rank"],
+          num_blocks=config["num_blocks"], tt_rank=config["tt_rank"],
+          optimize=opt if opt != "-" else "optimal",
+          hoist_input_projection=(mode == "hoisted"))
+      params = jax.jit(model.init)(jax.random.key(config["seed"]), x)["params"]
+      tx = optax.adam(1e-3)
+      state = [params, tx.init(params)]
+      step = _make_step(model, tx)
+      for _ in range(config["warmup"] + 1):  # The first call compiles.
+        out = step(state[0], state[1], x, y)
+        jax.block_until_ready(out)
+      rows = config["batch"] * (config["time"] if mode == "hoisted" else 1)
+      out_f = (4 * hidden_factors[0],) + hidden_factors[1:]
+      if cell.startswith("bt_"):
+        flops = tf.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
+                                   config["num_blocks"], opt).flops
+      elif cell.startswith("tt_"):
+        flops = tf.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"], opt).flops
+      else:
+        flops = 2 * rows * dim * 4 * config["hidden"]
+      if mode == "per_step":
+        flops *= config["time"]
+      name = cell + ("" if opt in ("-", "optimal") else f"_{opt}") + f"_{mode}"
+      variants[name] = dict(step=step, state=state, times=[], mode=mode, flops=flops,
+                            **param_counts(params))
     for _ in range(config["repeats"]):  # Interleaved rounds: drift hits every variant alike.
       for v in variants.values():
         t0 = time.perf_counter()

@@ -37,6 +37,8 @@ class SequenceClassifier(nn.Module):
     tucker_rank: Tucker rank R of the BT cells.
     num_blocks: number C of Tucker blocks of the BT cells.
     tt_rank: inner TT rank(s) of the TT cells.
+    optimize: contraction-order strategy of the BT/TT input map ("optimal" = fewest FLOPs;
+      "size" = fewest intermediate elements, often faster on CPU), see `ops.bt_matmul_flops`.
     dropout_rate: dropout on the last hidden state (training only; needs the "dropout" rng).
     hoist_input_projection: compute the input-to-hidden map for all time steps in one call before
       the scan over time (same parameters and results; far fewer, larger products). False runs
@@ -52,6 +54,7 @@ class SequenceClassifier(nn.Module):
   tucker_rank: int | Sequence[int] = 2
   num_blocks: int = 1
   tt_rank: int | Sequence[int] = 4
+  optimize: str = "optimal"
   dropout_rate: float = 0.0
   hoist_input_projection: bool = True
   dtype: Any = None
@@ -73,7 +76,7 @@ class SequenceClassifier(nn.Module):
     if hid_f is None:
       hid_f = tf.balanced_factors(self.hidden, len(in_f))
     hid_f = tf.check_factorization(self.hidden, hid_f, "hidden_factors", "hidden")
-    tensor = dict(input_factors=in_f, hidden_factors=hid_f)
+    tensor = dict(input_factors=in_f, hidden_factors=hid_f, optimize=self.optimize)
     if self.cell.startswith("bt_"):
       cls = tl.BTLSTMCell if self.cell == "bt_lstm" else tl.BTGRUCell
       return cls(**common, **tensor, tucker_rank=self.tucker_rank, num_blocks=self.num_blocks)

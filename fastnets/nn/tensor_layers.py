@@ -101,7 +101,7 @@ class BTLinear(nn.Module):
 
 
 class TTLinear(nn.Module):
-  """y = x W + b with W (I, J) in Tensor-Train format (Novikov et al. 2015; TT-RNN, Yang et al. 2017).
+  """y = x W + b with W (I, J) in Tensor-Train format (Novikov et al. 2015; Yang et al. 2017).
 
   W[i, j] = G_1[:, i_1, j_1, :] ... G_N[:, i_N, j_N, :]; parameters `core_n` of shape
   (r_{n-1}, I_n, J_n, r_n) (r_0 = r_N = 1) and `bias` (J,). Weight parameter count
@@ -163,7 +163,8 @@ def stacked_orthogonal(num: int, scale: float = 1.0) -> Callable[..., Array]:
   """
   def init(key, shape, dtype=jnp.float32):
     if len(shape) != 2 or shape[1] != num * shape[0]:
-      raise ValueError(f"stacked_orthogonal({num}) needs a kernel shape (H, {num} * H), got {shape}.")
+      raise ValueError(
+          f"stacked_orthogonal({num}) needs a kernel shape (H, {num} * H), got {shape}.")
     keys = jax.random.split(key, num)
     ortho = nn.initializers.orthogonal(scale)
     return jnp.concatenate([ortho(k, (shape[0], shape[0]), dtype) for k in keys], axis=1)

@@ -8,7 +8,7 @@ row-major (C order): the row index of W is i = ((i_1 * I_2 + i_2) * I_3 + i_3) .
 **Block-Term format** (Ye et al. 2018, "Learning Compact Recurrent Neural Networks with
 Block-Term Tensor Decomposition", CVPR; the BT layer): a sum of C Tucker blocks,
 
-    W[i, j] = sum_{c=1}^{C} sum_{r_1..r_N} G_c[r_1, ..., r_N] * prod_{n=1}^{N} A_c^(n)[i_n, j_n, r_n],
+    W[i, j] = sum_c sum_{r_1..r_N} G_c[r_1, ..., r_N] * prod_{n=1}^{N} A_c^(n)[i_n, j_n, r_n],
 
 with core tensors G_c of shape (R_1, ..., R_N) and factor tensors A_c^(n) of shape
 (I_n, J_n, R_n) (the paper's factor matrix of shape (I_n J_n, R_n) with its rows split into
@@ -32,6 +32,11 @@ contraction order is the one of fewest FLOPs for the actual batch size (opt_eins
 per shape, so the search runs once per traced shape). `bt_matmul_flops` / `tt_matmul_flops`
 report that order and its FLOP count beside the dense x @ W cost. `bt_dense` / `tt_dense`
 materialise W (for tests and for small layers only).
+
+Fewest FLOPs is not always fastest: with small ranks the FLOP-optimal order moves large
+intermediates through many transposes, and on CPU `optimize="size"` (contract the core with most
+factors first, then a few large matrix products) measured faster in experiments/bench_bt_rnn.py
+despite 2-5x more FLOPs. Both are exact; pick with the benchmark on your hardware.
 """
 
 import functools
@@ -165,7 +170,10 @@ def _tt_ranks(tt_ranks, num_modes: int, name: str = "tt_ranks") -> tuple[int, ..
   """Returns the full rank tuple (r_0 = 1, r_1, ..., r_{N-1}, r_N = 1)."""
   if isinstance(tt_ranks, int) and not isinstance(tt_ranks, bool):
     tt_ranks = (tt_ranks,) * (num_modes - 1)
-  ranks = _as_factors(tt_ranks, name) if len(tuple(tt_ranks)) else ()
+  if isinstance(tt_ranks, Sequence) and not isinstance(tt_ranks, str) and len(tt_ranks) == 0:
+    ranks = ()  # N = 1: no inner ranks.
+  else:
+    ranks = _as_factors(tt_ranks, name)
   if len(ranks) == num_modes - 1:
     return (1,) + ranks + (1,)
   if len(ranks) == num_modes + 1 and ranks[0] == 1 and ranks[-1] == 1:
@@ -180,11 +188,6 @@ def _check_same_length(input_factors, output_factors):
     raise ValueError(
         f"input_factors {input_factors} and output_factors {output_factors} must have the same "
         f"number of modes N, got {len(input_factors)} and {len(output_factors)}.")
-
-
-def _num_modes_ok(n: int, name: str):
-  if n < 1:
-    raise ValueError(f"{name} must be a non-empty sequence.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,10 +291,8 @@ def bt_init(key: jax.Array, input_factors, output_factors, rank, num_blocks,
   """
   f_shapes, c_shape = bt_shapes(input_factors, output_factors, rank, num_blocks)
   f_std, c_std = bt_init_stddevs(input_factors, rank, num_blocks, scale)
-  keys = jax.random.split(key, len(f_shapes) + 1)
-  factors = [s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys[:-1], f_shapes, f_std)]
-  cores = c_std * jax.random.normal(keys[-1], c_shape, dtype)
-  return factors, cores
+  out = _normals(key, tuple(f_shapes) + (c_shape,), tuple(f_std) + (c_std,), jnp.dtype(dtype))
+  return list(out[:-1]), out[-1]
 
 
 def tt_init(key: jax.Array, input_factors, output_factors, tt_ranks, scale: float = 1.0,
@@ -303,8 +304,14 @@ def tt_init(key: jax.Array, input_factors, output_factors, tt_ranks, scale: floa
   """
   shapes = tt_shapes(input_factors, output_factors, tt_ranks)
   stds = tt_init_stddevs(input_factors, tt_ranks, scale)
+  return list(_normals(key, tuple(shapes), tuple(stds), jnp.dtype(dtype)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _normals(key, shapes, stds, dtype):
+  # One compiled computation for all the tensors (eager per-tensor draws compile one each).
   keys = jax.random.split(key, len(shapes))
-  return [s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys, shapes, stds)]
+  return tuple(s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys, shapes, stds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,22 +402,48 @@ def einsum_path_flops(subscripts: str, shapes: Sequence[Sequence[int]],
   return flops, largest
 
 
+_STRATEGIES = ("optimal", "size", "dp", "greedy", "left_to_right")
+
+
 @functools.lru_cache(maxsize=512)
-def _plan(subscripts: str, shapes: tuple[tuple[int, ...], ...], optimize: str) -> ContractionPlan:
-  if optimize == "optimal" and len(shapes) > _MAX_OPERANDS_OPTIMAL:
-    optimize = "dp"
-  if optimize in ("optimal", "dp", "greedy", "branch-all", "branch-2"):
-    path, _ = opt_einsum.contract_path(subscripts, *shapes, shapes=True, optimize=optimize)
+def _plan(subscripts: str, shapes: tuple[tuple[int, ...], ...], optimize) -> ContractionPlan:
+  num_ops = len(shapes)
+  if isinstance(optimize, (tuple, list)):  # An explicit path.
+    path = optimize
+  elif optimize == "optimal" and num_ops <= _MAX_OPERANDS_OPTIMAL:
+    path, _ = opt_einsum.contract_path(subscripts, *shapes, shapes=True, optimize="optimal")
+  elif optimize in ("optimal", "dp"):
+    path, _ = opt_einsum.contract_path(subscripts, *shapes, shapes=True, optimize="dp")
+  elif optimize == "size":
+    path, _ = opt_einsum.contract_path(
+        subscripts, *shapes, shapes=True,
+        optimize=opt_einsum.DynamicProgramming(minimize="size", search_outer=True))
+  elif optimize == "greedy":
+    path, _ = opt_einsum.contract_path(subscripts, *shapes, shapes=True, optimize="greedy")
   elif optimize == "left_to_right":
-    # x (operand 0) absorbs the other operands one by one in the given order: the naive order.
-    # After each step the result is appended last, so x's running product is the last operand.
-    path = [(0, 1)] + [(0, len(shapes) - 2 - k) for k in range(len(shapes) - 2)]
+    # x (operand 0) absorbs the other operands in the given order: the naive order. After each
+    # step the result is appended last, so x's running product is the last operand.
+    path = [(0, 1)] + [(0, num_ops - 2 - k) for k in range(num_ops - 2)]
   else:
-    raise ValueError(f"optimize must be one of 'optimal', 'dp', 'greedy', 'branch-all', "
-                     f"'branch-2', 'left_to_right'; got {optimize!r}.")
+    raise ValueError(f"optimize must be one of {_STRATEGIES} or an explicit path (a sequence of "
+                     f"index tuples), got {optimize!r}.")
   path = tuple(tuple(int(p) for p in step) for step in path)
+  remaining = num_ops
+  for step in path:
+    if len(step) < 1 or any(not 0 <= p < remaining for p in step) or len(set(step)) != len(step):
+      raise ValueError(f"optimize path {path} is not a valid contraction path for {num_ops} "
+                       "operands.")
+    remaining -= len(step) - 1
+  if remaining != 1:
+    raise ValueError(f"optimize path {path} leaves {remaining} operands instead of 1.")
   flops, largest = einsum_path_flops(subscripts, shapes, path)
   return ContractionPlan(subscripts, path, flops, 0, largest)
+
+
+def _hashable(optimize):
+  if isinstance(optimize, (list, tuple)):
+    return tuple(tuple(int(p) for p in step) for step in optimize)
+  return optimize
 
 
 def _with_dense_flops(plan: ContractionPlan, batch: int, in_dim: int, out_dim: int):
@@ -459,8 +492,13 @@ def bt_matmul_flops(batch: int, input_factors: Sequence[int], output_factors: Se
     output_factors: (J_1, ..., J_N).
     rank: Tucker rank(s).
     num_blocks: C.
-    optimize: "optimal" (fewest FLOPs; default, what `bt_matmul` uses), "dp", "greedy", or
-      "left_to_right" (x absorbs factor 1, ..., factor N, then the core: the naive order).
+    optimize: the contraction-order strategy. "optimal" (default): fewest FLOPs (exhaustive
+      search up to 7 operands, dynamic programming beyond); "dp": dynamic programming on FLOPs;
+      "size": smallest largest intermediate (in practice: contract the core with most factors
+      first, then few large matrix products; more FLOPs but less data movement, often faster
+      on CPU, see experiments/bench_bt_rnn.py); "greedy": opt_einsum's greedy heuristic;
+      "left_to_right": x absorbs factor 1, ..., factor N, then the core (the naive order); or
+      an explicit opt_einsum path (sequence of index tuples).
 
   Returns:
     A `ContractionPlan` (path, flops, dense_flops = 2 B I J, largest intermediate).
@@ -469,7 +507,7 @@ def bt_matmul_flops(batch: int, input_factors: Sequence[int], output_factors: Se
   i_f = tuple(s[1] for s in f_shapes)
   j_f = tuple(s[2] for s in f_shapes)
   shapes = ((int(batch),) + i_f,) + tuple(f_shapes) + (c_shape,)
-  plan = _plan(_bt_subscripts(len(i_f)), shapes, optimize)
+  plan = _plan(_bt_subscripts(len(i_f)), shapes, _hashable(optimize))
   return _with_dense_flops(plan, int(batch), math.prod(i_f), math.prod(j_f))
 
 
@@ -583,7 +621,7 @@ def tt_matmul_flops(batch: int, input_factors: Sequence[int], output_factors: Se
       s = s[1:]
     core_shapes.append(tuple(s))
   shapes = ((int(batch),) + i_f,) + tuple(core_shapes)
-  plan = _plan(_tt_subscripts(n), shapes, optimize)
+  plan = _plan(_tt_subscripts(n), shapes, _hashable(optimize))
   return _with_dense_flops(plan, int(batch), math.prod(i_f), math.prod(j_f))
 
 
