@@ -108,9 +108,9 @@ def _state_cols(f_vars: dict, g_vars: dict) -> tuple[str, ...]:
 
 def _call(module, x, train: bool, stacked: bool):
   f_def, g_def, f_vars, g_vars = _setup(module, x, train, stacked)
-  # Training mode updates state (batch-norm running statistics); not during init (like BatchNorm).
-  update = train and not module.is_initializing()
-  cols = _state_cols(f_vars, g_vars) if update else ()
+  # In training, F and G update their state (batch-norm running statistics) in the forward pass
+  # and again in the rebuild; the op returns the forward pass's values and drops the rebuild's.
+  cols = _state_cols(f_vars, g_vars) if train else ()
   f_fn = _block_fn(f_def, train, cols, module.rng_collection)
   g_fn = _block_fn(g_def, train, cols, module.rng_collection)
   if stacked:
@@ -120,11 +120,12 @@ def _call(module, x, train: bool, stacked: bool):
   y, aux = reversible_sequence(fs, gs, params, x, key=_key(module, train), axis=module.axis,
                                has_aux=True, num_blocks=module.num_blocks if stacked else None,
                                backprop=module.backprop)
-  f_new, g_new = aux if stacked else aux[0]
-  # Exactly one update per call: the forward pass's values (the rebuild's were discarded).
-  for name, new in zip(_NAMES, (f_new, g_new)):
-    for col, tree in new.items():
-      module.put_variable(col, name, tree)
+  # Exactly one update per call, with the forward pass's values; none during init (as BatchNorm).
+  if not module.is_initializing():
+    f_new, g_new = aux if stacked else aux[0]
+    for name, new in zip(_NAMES, (f_new, g_new)):
+      for col, tree in new.items():
+        module.put_variable(col, name, tree)
   return y
 
 
@@ -134,8 +135,9 @@ def _inverse(module, y, train: bool, stacked: bool):
   if not f_vars and not g_vars:
     raise ValueError("inverse needs initialised variables: call it through "
                      "`module.apply(variables, y, method='inverse')`.")
-  f_fn = _block_fn(f_def, train, (), module.rng_collection)
-  g_fn = _block_fn(g_def, train, (), module.rng_collection)
+  cols = _state_cols(f_vars, g_vars) if train else ()  # updated state is discarded
+  f_fn = _block_fn(f_def, train, cols, module.rng_collection)
+  g_fn = _block_fn(g_def, train, cols, module.rng_collection)
   if stacked:
     fs, gs, params = f_fn, g_fn, (f_vars, g_vars)
   else:

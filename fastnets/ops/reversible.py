@@ -141,7 +141,7 @@ def _split(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _check_x(x, axis: int, name: str) -> int:
-  if not isinstance(x, (jax.Array, np.ndarray)) and not hasattr(x, "shape"):
+  if not (hasattr(x, "shape") and hasattr(x, "dtype")):
     raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     raise TypeError(f"{name} must be a floating array (the coupling adds and subtracts), "
@@ -413,8 +413,9 @@ def additive_coupling(
   """
   _check_block_output("f", jax.eval_shape(lambda *a: _call(f, *a, False)[0], f_params, x2, f_key),
                       x1, False, "x1")
+  _check_block_output("g", jax.eval_shape(lambda *a: _call(g, *a, False)[0], g_params, x1, g_key),
+                      x2, False, "x2 (G maps y1 to x2's shape)")
   y1, y2, _ = _coupling(f, g, f_params, g_params, x1, x2, f_key, g_key, False)
-  _check_block_output("g", y2, x2, False, "x2")
   return y1, y2
 
 
