@@ -22,6 +22,7 @@ from experiments import common
 # In report order: the baseline first, then one entry per technique.
 EXPERIMENTS = [
     "baseline",
+    "bt_rnn",
 ]
 
 
