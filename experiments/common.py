@@ -169,8 +169,10 @@ def train_config(config: Mapping[str, Any]):
   from fastnets import train
 
   names = {f.name for f in dataclasses.fields(train.TrainConfig)}
-  return train.TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                              for k, v in config.items() if k in names})
+  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in names}
+  if "decay_boundaries" in values:  # A flag list arrives as strings.
+    values["decay_boundaries"] = tuple(int(b) for b in values["decay_boundaries"])
+  return train.TrainConfig(**values)
 
 
 # The training keys every classification experiment accepts (flags of the same names).
@@ -185,6 +187,8 @@ TRAIN_DEFAULTS = {
     "learning_rate": 1e-3,
     "schedule": "cosine",
     "warmup_steps": 0,
+    "decay_boundaries": (),
+    "decay_factor": 0.1,
     "momentum": 0.9,
     "weight_decay": 0.0,
     "label_smoothing": 0.0,

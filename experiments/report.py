@@ -23,6 +23,7 @@ from experiments import common
 EXPERIMENTS = [
     "baseline",
     "bt_rnn",
+    "revnet",
 ]
 
 

@@ -52,3 +52,21 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
 
 __all__ = ["BasicBlock", "BottleneckBlock", "ResNet", "SmallCNN", "create_model", "model_names",
            "register_model"]
+
+from fastnets.models.ffnet import FastForward, FFNet, FFNetMainPath, FFNetStage, ffnet_spatial_sizes
+register_model("ffnet", lambda num_classes, **kw: FFNet(num_classes=num_classes, **kw))
+register_model("ffnet_noff", lambda num_classes, **kw: FFNet(num_classes=num_classes, fast_forward=False, **kw))
+__all__ += ["FastForward", "FFNet", "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes"]
+# PacGAN generators/discriminators: generative models, deliberately not in the classification registry.
+from fastnets.models.pacgan import DCGANDiscriminator, DCGANGenerator, MaxoutDiscriminator, MLPGenerator, digit_classifier
+__all__ += ["DCGANDiscriminator", "DCGANGenerator", "MaxoutDiscriminator", "MLPGenerator", "digit_classifier"]
+# Deep Fried Convnets (issue 4): conv trunk with dense or Fastfood FC layers (fc="dense" | "fastfood_adaptive" | "fastfood_nonadaptive").
+from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
+register_model("deep_fried", lambda num_classes, **kw: DeepFriedConvnet(num_classes=num_classes, **kw))
+__all__ += ["DeepFriedConvnet", "FC_KINDS", "fc_param_count"]
+# RevNet (issue 3): "revnet38" / "revnet110" / "revnet164" (create_model passes depth=); "resnet164"
+# is the paper's bottleneck baseline (He et al. 2016b), an exact name that wins over "resnet" + depth.
+from fastnets.models.revnet import (RESNET_BASELINES, REVNET_CONFIGS, RevNet, RevResidualFn, RevTransition, matching_resnet, revnet, revnet38, revnet110, revnet164)
+register_model("revnet", revnet)
+register_model("resnet164", lambda num_classes, **kw: ResNet(num_classes=num_classes, **{"depth": 164, "bottleneck": True, **kw}))
+__all__ += ["RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "RevResidualFn", "RevTransition", "matching_resnet", "revnet", "revnet38", "revnet110", "revnet164"]

@@ -228,5 +228,5 @@ def matching_resnet(name: str, num_classes: int = 10, **overrides: Any) -> ResNe
   """
   if name not in RESNET_BASELINES:
     raise ValueError(f"name must be one of {sorted(RESNET_BASELINES)}, got {name!r}.")
-  return ResNet(num_classes=num_classes, widths=(16, 16, 32, 64),
-                **{**RESNET_BASELINES[name], **overrides})
+  return ResNet(num_classes=num_classes,
+                **{"widths": (16, 16, 32, 64), **RESNET_BASELINES[name], **overrides})
