@@ -24,6 +24,7 @@ EXPERIMENTS = [
     "baseline",
     "bt_rnn",
     "revnet",
+    "sparse_inference",
 ]
 
 

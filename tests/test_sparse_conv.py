@@ -219,6 +219,43 @@ def test_reference_gradients_match_dense():
   np.testing.assert_allclose(gv, expect, rtol=1e-4, atol=1e-5)  # padding slots: zero gradient
 
 
+def test_reference_custom_vjp_check_grads_float64():
+  # The XLA path's forward loops over each channel's own nonzeros (data-dependent bounds); its
+  # custom_vjp differentiates the static-bounds formulation. Channel 0 is empty, channel 1 full.
+  rng = np.random.default_rng(8)
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal((1, 5, 4, 2)), jnp.float64)
+    w = _pruned_kernel(rng, (3, 3, 2, 3), 0.7, np.float64)
+    w[..., 0] = 0.0
+    w[..., 1] = rng.standard_normal((3, 3, 2))
+    sk = ops.to_sparse_kernel(w)
+    b = jnp.asarray(rng.standard_normal(3), jnp.float64)
+    static = ((2, 1), "SAME", True, 2, 5)
+
+    def f(x, v, b):
+      return sc.sparse_conv2d_reference(x, sk.replace(values=v), static[0], static[1], b,
+                                        relu=static[2], row_tile=static[3], slot_group=static[4])
+
+    y = f(x, sk.values, b)
+    assert _rel_err(y, _dense_conv(x, w, static[0], static[1], b, relu=True)) < 1e-12
+    check_grads(f, (x, sk.values, b), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+    ct = jnp.asarray(rng.standard_normal(y.shape), jnp.float64)
+    got = jax.vjp(f, x, sk.values, b)[1](ct)
+    want = jax.vjp(lambda x, v, b: sc._gather_forward(x, sk.replace(values=v), b, *static),
+                   x, sk.values, b)[1](ct)
+    for a, r in zip(got, want):
+      np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_bad_tiling_arguments():
+  sk = ops.to_sparse_kernel(np.ones((3, 3, 2, 2), np.float32))
+  x = jnp.ones((1, 4, 4, 2))
+  with pytest.raises(ValueError, match="slot_group"):
+    sc.sparse_conv2d_reference(x, sk, slot_group=0)
+  with pytest.raises(ValueError, match="row_tile"):
+    sc.sparse_conv2d_reference(x, sk, row_tile=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # Pallas kernel: interpret mode against the reference, fresh random kernels each run, output
 # poisoned with NaN beforehand; tiny sizes because the interpreter is slow.

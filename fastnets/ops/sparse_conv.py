@@ -331,10 +331,16 @@ def _check_inputs(x, w, bias, data_format, dilation):
     raise ValueError(f"bias must have shape ({co},) (one per output channel); got {tuple(bias.shape)}.")
 
 
-def _heuristic_row_tile(wo, n, cq, o, khq, itemsize=4):
-  """Output rows per tile of the XLA path: keeps a tile's input and output near 1 MiB (L2)."""
+def _heuristic_row_tile(ho, wo, n, cq, o, khq, itemsize=4):
+  """Output rows per tile of the XLA path: keeps a tile's input and output near 1 MiB (L2).
+
+  The tile is then shrunk to split Ho evenly (ceil(Ho / n_tiles) rows), so that the last tile
+  computes few padding rows.
+  """
   per_row = max(1, wo * n * itemsize) * max(cq, o)
-  return int(max(1, min(64, (1 << 20) // per_row)))
+  tile = int(max(1, min(64, (1 << 20) // per_row)))
+  tiles = -(-ho // tile)
+  return -(-ho // tiles)
 
 
 def sparse_conv2d_reference(
@@ -346,19 +352,28 @@ def sparse_conv2d_reference(
   relu: bool = False,
   *,
   row_tile: int | None = None,
-  slot_group: int = 8,
+  slot_group: int = 16,
 ) -> jax.Array:
   """Pure-JAX direct sparse convolution (the XLA / CPU path and the kernel's oracle).
 
-  No im2col: for each slot k (the k-th nonzero of every output channel at once) one gather reads
-  the O shifted input windows `xq[y + r[o, k], x + c[o, k], i[o, k]]` and accumulates them times
-  `v[o, k]` (Escort's direct sparse convolution, vectorised over output channels). For cache
-  locality the output is computed in tiles of `row_tile` rows (a sequential `lax.map`), and
-  `slot_group` slots are summed per loop iteration so the accumulator is read and written once per
-  group. Work is O(N Ho Wo O K): proportional to the padded nonzero count.
+  No im2col. The output is computed in tiles of `row_tile` output rows (a sequential `lax.map`;
+  a tile's input rows, all channels, stay in cache) and, within a tile, one output channel at a
+  time: a loop over the channel's *own* number of nonzeros, `slot_group` at a time, sums
+  `v[o, k] * xq[i[o, k], y + r[o, k], x + c[o, k]]` over contiguous shifted windows
+  (`lax.dynamic_slice` with scalar offsets, which XLA fuses with the multiply-adds into one loop
+  per group: no gather, one write of the partial sum per group) and writes the channel once
+  (Escort's direct sparse convolution, Sec. 3). The trip count of the inner loop is `ceil(nnz[o] / slot_group)`, so
+  channels with fewer nonzeros than the padded `max_nnz` do not pay for the padding. Work is
+  O(N Ho Wo sum_o nnz[o]) plus less than `slot_group` padding slots per channel and tile.
 
-  Differentiable with respect to `x`, `w.values` and `bias` by autodiff (padding slots get zero
-  gradient). Accumulates in float32 (or wider), returns `result_type(x, w.values)`.
+  Differentiable with respect to `x`, `w.values` and `bias` (reverse mode) through a
+  `jax.custom_vjp`: the forward pass above has data-dependent loop bounds, which reverse-mode
+  autodiff cannot go through, so the backward pass differentiates an equivalent formulation with
+  static loop bounds (`_gather_forward`: every slot of every channel at once, gathered windows;
+  padding slots get zero gradient). Saved for the backward pass: the inputs `x`, `w` and `bias`
+  only; the backward pass recomputes the static formulation's forward pass inside its `jax.vjp`.
+  Forward-mode differentiation (`jax.jvp`) is not supported. Accumulates in float32 (or wider),
+  returns `result_type(x, w.values)`.
 
   Args:
     x: (N, H, W, I) float input (NHWC).
@@ -367,8 +382,9 @@ def sparse_conv2d_reference(
     padding: "SAME", "VALID", int or ((top, bottom), (left, right)).
     bias: optional (O,) bias, added before the optional ReLU.
     relu: apply max(., 0) at the end.
-    row_tile: output rows per tile (default: a heuristic that targets ~1 MiB per tile).
-    slot_group: slots summed per loop iteration.
+    row_tile: output rows per tile (default: a heuristic that targets ~1 MiB per tile and splits
+      the output rows evenly).
+    slot_group: nonzeros summed per inner-loop iteration (one fused XLA loop).
 
   Returns:
     (N, Ho, Wo, O) output, equal to `lax.conv_general_dilated(x, to_dense(w), ...)`.
@@ -376,8 +392,13 @@ def sparse_conv2d_reference(
   _check_inputs(x, w, bias, "NHWC", (1, 1))
   strides = _pair(strides, "strides")
   conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
+  if int(slot_group) < 1:
+    raise ValueError(f"slot_group must be a positive int; got {slot_group!r}.")
+  if row_tile is not None and int(row_tile) < 1:
+    raise ValueError(f"row_tile must be a positive int or None; got {row_tile!r}.")
   return _reference_jit(x, w, bias, strides=strides, padding=hashable_padding(padding),
-                        relu=bool(relu), row_tile=row_tile, slot_group=int(slot_group))
+                        relu=bool(relu), row_tile=None if row_tile is None else int(row_tile),
+                        slot_group=int(slot_group))
 
 
 def hashable_padding(padding: Padding):
@@ -392,25 +413,89 @@ def hashable_padding(padding: Padding):
 # Jitted so that eager calls (notebooks, sparse inference outside jit) compile once per shape.
 @functools.partial(jax.jit, static_argnames=("strides", "padding", "relu", "row_tile", "slot_group"))
 def _reference_jit(x, w, bias, *, strides, padding, relu, row_tile, slot_group):
+  return _direct(x, w, bias, (strides, padding, relu, row_tile, slot_group))
+
+
+def _tiled_input(x, w, strides, padding, row_tile):
+  """The stride-1 problem with its input cut into overlapping row tiles, channel-major.
+
+  Returns:
+    (xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype): xtiles (n_tiles, Cq,
+    tile + KHq - 1, Wq, N) in the accumulation dtype (batch minor: a window row of Wo * N
+    elements is contiguous).
+  """
   out_dtype = jnp.result_type(x.dtype, w.values.dtype)
   acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
   xq, rows, cols, chans, (ho, wo), (khq, _) = stride_one_problem(x, w, strides, padding)
-  n, hq, wq, cq = xq.shape
-  co, k = w.values.shape
-  tile = row_tile or _heuristic_row_tile(wo, n, cq, co, khq)
+  n, hq, _, cq = xq.shape
+  co = w.values.shape[0]
+  tile = row_tile or _heuristic_row_tile(ho, wo, n, cq, co, khq)
   tile = max(1, min(int(tile), ho))
   n_tiles = -(-ho // tile)
-  g = max(1, min(int(slot_group), k))
-  kp = -(-k // g) * g
-  # Channel-major, batch-minor layout: a window (T rows, Wo cols, N) is contiguous per row.
   xt = xq.astype(acc_dtype).transpose(3, 1, 2, 0)  # (Cq, Hq, Wq, N)
   need = n_tiles * tile + khq - 1
   xt = jnp.pad(xt, ((0, 0), (0, need - hq), (0, 0), (0, 0)))
   tile_rows = (jnp.arange(n_tiles) * tile)[:, None] + jnp.arange(tile + khq - 1)[None, :]
   xtiles = jnp.moveaxis(xt[:, tile_rows], 1, 0)  # (n_tiles, Cq, T + KHq - 1, Wq, N)
-  vals = jnp.where(w.valid, w.values, 0).astype(acc_dtype)
+  return xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype
+
+
+def _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype):
+  """(n_tiles, O, T, Wo, N) accumulators -> (N, Ho, Wo, O) output with bias and ReLU."""
+  out = acc.transpose(4, 0, 2, 3, 1).reshape(n, n_tiles * tile, wo, co)[:, :ho]
+  if bias is not None:
+    out = out + bias.astype(acc_dtype)
+  if relu:
+    out = jnp.maximum(out, 0)
+  return out.astype(out_dtype)
+
+
+def _direct_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
+  """The fast forward pass: per tile, per output channel, a loop over its own nonzeros."""
+  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+  xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype = _tiled_input(
+    x, w, strides, padding, row_tile)
+  n = x.shape[0]
+  co, k = w.values.shape
+  g = max(1, min(int(slot_group), k))
+  kp = -(-k // g) * g
   padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
-  vals = padk(vals)
+  vals = padk(jnp.where(w.valid, w.values, 0).astype(acc_dtype))
+  rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
+  trips = (w.nnz.astype(jnp.int32) + g - 1) // g  # per output channel
+
+  def one_tile(xb):
+    def channel(o, acc):
+      def group(j, a):
+        for u in range(g):
+          kk = j * g + u
+          win = lax.dynamic_slice(xb, (chans[o, kk], rows[o, kk], cols[o, kk], jnp.int32(0)),
+                                  (1, tile, wo, n))
+          a = a + vals[o, kk] * win[0]
+        return a
+      out_o = lax.fori_loop(0, trips[o], group, jnp.zeros((tile, wo, n), acc_dtype))
+      return lax.dynamic_update_slice(acc, out_o[None], (o, 0, 0, 0))
+    return lax.fori_loop(0, co, channel, jnp.zeros((co, tile, wo, n), acc_dtype))
+
+  acc = lax.map(one_tile, xtiles)  # (n_tiles, O, T, Wo, N)
+  return _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype)
+
+
+def _gather_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
+  """The same convolution with static loop bounds (reverse-differentiable; the backward pass).
+
+  For each slot k (the k-th nonzero of every output channel at once) one gather reads the O
+  shifted windows and accumulates them times `v[o, k]`; `slot_group` slots per loop iteration.
+  """
+  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+  xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype = _tiled_input(
+    x, w, strides, padding, row_tile)
+  n = x.shape[0]
+  co, k = w.values.shape
+  g = max(1, min(int(slot_group), k))
+  kp = -(-k // g) * g
+  padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
+  vals = padk(jnp.where(w.valid, w.values, 0).astype(acc_dtype))
   rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
 
   def window(xb, ch, r, c):
@@ -426,12 +511,30 @@ def _reference_jit(x, w, bias, *, strides, padding, relu, row_tile, slot_group):
     return lax.fori_loop(0, kp // g, body, jnp.zeros((co, tile, wo, n), acc_dtype))
 
   acc = lax.map(one_tile, xtiles)  # (n_tiles, O, T, Wo, N)
-  out = acc.transpose(4, 0, 2, 3, 1).reshape(n, n_tiles * tile, wo, co)[:, :ho]
-  if bias is not None:
-    out = out + bias.astype(acc_dtype)
-  if relu:
-    out = jnp.maximum(out, 0)
-  return out.astype(out_dtype)
+  return _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _direct(x, w, bias, static):
+  return _direct_forward(x, w, bias, *static)
+
+
+def _direct_fwd(x, w, bias, static):
+  return _direct_forward(x, w, bias, *static), (x, w, bias)
+
+
+def _direct_bwd(static, res, ct):
+  x, w, bias = res
+  return _gather_vjp(static, x, w, bias, ct)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))  # eager backward passes compile once, too
+def _gather_vjp(static, x, w, bias, ct):
+  _, vjp = jax.vjp(lambda x, w, b: _gather_forward(x, w, b, *static), x, w, bias)
+  return vjp(ct)
+
+
+_direct.defvjp(_direct_fwd, _direct_bwd)
 
 
 def sparse_conv2d(
