@@ -25,6 +25,11 @@ EXPERIMENTS = [
     "bt_rnn",
     "revnet",
     "sparse_inference",
+    "pacgan",
+    "low_precision",
+    "deep_fried",
+    "dynamic_downsampling",
+    "ffnet",
 ]
 
 

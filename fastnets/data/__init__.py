@@ -17,3 +17,8 @@ __all__ = [
     "load_idx_directory", "load_tfds", "parse_idx", "random_crop_flip", "read_idx",
     "steps_per_epoch", "train_batches", "train_indices", "verify_bundled_mnist", "write_idx",
 ]
+from fastnets.data.synthetic import (SYNTHETIC_SETS, GaussianMixtureData, StackedMNIST,
+                                     grid_means, load_synthetic, make_grid, make_ring,
+                                     make_stacked_mnist, ring_means)
+__all__ += ["SYNTHETIC_SETS", "GaussianMixtureData", "StackedMNIST", "grid_means",
+            "load_synthetic", "make_grid", "make_ring", "make_stacked_mnist", "ring_means"]

@@ -66,7 +66,9 @@ register_model("deep_fried", lambda num_classes, **kw: DeepFriedConvnet(num_clas
 __all__ += ["DeepFriedConvnet", "FC_KINDS", "fc_param_count"]
 # RevNet (issue 3): "revnet38" / "revnet110" / "revnet164" (create_model passes depth=); "resnet164"
 # is the paper's bottleneck baseline (He et al. 2016b), an exact name that wins over "resnet" + depth.
-from fastnets.models.revnet import (RESNET_BASELINES, REVNET_CONFIGS, RevNet, RevResidualFn, RevTransition, matching_resnet, revnet, revnet38, revnet110, revnet164)
-register_model("revnet", revnet)
+# The factory `revnet` is not re-exported: it would shadow the submodule `fastnets.models.revnet`.
+from fastnets.models.revnet import (RESNET_BASELINES, REVNET_CONFIGS, RevNet, RevResidualFn, RevTransition, matching_resnet, revnet38, revnet110, revnet164)
+from fastnets.models.revnet import revnet as _revnet_factory
+register_model("revnet", _revnet_factory)
 register_model("resnet164", lambda num_classes, **kw: ResNet(num_classes=num_classes, **{"depth": 164, "bottleneck": True, **kw}))
-__all__ += ["RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "RevResidualFn", "RevTransition", "matching_resnet", "revnet", "revnet38", "revnet110", "revnet164"]
+__all__ += ["RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "RevResidualFn", "RevTransition", "matching_resnet", "revnet38", "revnet110", "revnet164"]
