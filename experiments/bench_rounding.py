@@ -20,8 +20,10 @@ On `size` float32 values (16M by default, 4M in --quick) drawn from N(0, 1), for
 Every method runs `warmup` times, then `repeats` rounds in which each method runs once
 (interleaved, so load on a shared machine hits all of them alike); the median time per method is
 reported, as elements/s and as ratios to `cast` and to `nearest` of the same format, measured in
-the same run. The outputs are checked: round_nearest equals the native cast bit for bit
-(bfloat16, FP8), and the mean of stochastic rounding minus x is within 6 standard errors of 0.
+the same run (the ratio of the fastest rounds, `min_ratio_to_nearest`, is recorded too: on a
+loaded shared machine it is the steadier of the two). The outputs are checked: round_nearest equals the native cast bit for bit
+(bfloat16, FP8), and the mean of stochastic rounding minus x over the values inside the format's range
+is within 6 standard errors of 0 (false-failure rate about 2e-9 per check).
 Target (issue 5): stochastic rounding (hash) costs at most 2x round-to-nearest.
 
 Writes --workdir/results.json (metrics.rows, metrics.summary, metrics.qtorch) and rates.png.
@@ -52,7 +54,7 @@ DEFAULTS = {
     "qtorch": True,
     "seed": 0,
 }
-QUICK = {"size": 4 * 2**20, "repeats": 5}
+QUICK = {"size": 4 * 2**20, "repeats": 11}
 SMOKE = {"size": 4096, "warmup": 1, "repeats": 2, "qtorch": False}
 PAPER = {"claim": "stochastic rounding costs at most 2x a round-to-nearest cast; qtorch's "
                   "stochastic quantizer ~29x a bfloat16 cast, jax.random.bits-based SR 10-14x "
@@ -75,8 +77,8 @@ def _qtorch() -> tuple[Any, str]:
     import torch  # noqa: F401
     from qtorch import quant
     quant.float_quantize(torch.zeros(4), 8, 7, rounding="stochastic")  # compiles the extension
-    import qtorch
-    version = getattr(qtorch, "__version__", "?")
+    from importlib import metadata
+    version = metadata.version("qtorch")
     return quant, f"qtorch {version}, torch {torch.__version__}, {torch.get_num_threads()} threads"
   except Exception as e:  # ImportError, compiler errors of the C++ extension, ...
     return None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -111,10 +113,10 @@ def _check(fmt_name: str, x: jax.Array, outputs: dict) -> dict:
     a, b = np.asarray(outputs["nearest"]), np.asarray(outputs["cast"])
     checks["nearest_equals_cast"] = bool(np.array_equal(a, b, equal_nan=True))
   xs = np.asarray(x, np.float64)
+  inside = np.abs(xs) < min(abs(fmt.max_value), abs(getattr(fmt, "min_value", fmt.max_value)))
   for name in ("stochastic_hash", "stochastic_jax"):
     d = np.asarray(outputs[name], np.float64) - xs
-    ok = np.isfinite(d)
-    d = d[ok]
+    d = d[inside & np.isfinite(d)]  # saturated values are not rounded without bias
     se = d.std() / np.sqrt(max(d.size, 1)) if d.size else 0.0
     checks[f"{name}_bias_in_se"] = float(abs(d.mean()) / se) if se > 0 else 0.0
     checks[f"{name}_representable"] = bool(jnp.all(ops.is_representable(outputs[name], fmt)))
@@ -179,11 +181,13 @@ def bench(size: int, formats=("bfloat16", "fp8_e5m2", "fixed_2_14"), warmup: int
         call(name)
         times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    best = {name: min(ts) for name, ts in times.items()}
     for name, ts in times.items():
       rows.append({"format": fmt_name, "method": name, "median_s": med[name],
                    "elements_per_sec": size / med[name],
                    "ratio_to_cast": med[name] / med["cast"] if "cast" in med else None,
-                   "ratio_to_nearest": med[name] / med["nearest"], "times_s": ts})
+                   "ratio_to_nearest": med[name] / med["nearest"], "min_s": best[name],
+                   "min_ratio_to_nearest": best[name] / best["nearest"], "times_s": ts})
   return {"rows": rows, "checks": checks,
           "qtorch": {"available": quant is not None, "info": info}}
 
@@ -194,11 +198,13 @@ def summarize(out: dict) -> dict:
   for row in out["rows"]:
     s = summary.setdefault(row["format"], {})
     s[f"{row['method']}_over_nearest"] = row["ratio_to_nearest"]
+    s[f"{row['method']}_over_nearest_min"] = row["min_ratio_to_nearest"]
     if row["ratio_to_cast"] is not None:
       s[f"{row['method']}_over_cast"] = row["ratio_to_cast"]
   worst = max(s["stochastic_hash_over_nearest"] for s in summary.values())
+  worst_min = max(s["stochastic_hash_over_nearest_min"] for s in summary.values())
   return {"per_format": summary, "worst_hash_sr_over_nearest": worst,
-          "target_met": worst <= PAPER["value"]}
+          "worst_hash_sr_over_nearest_min": worst_min, "target_met": worst <= PAPER["value"]}
 
 
 def plot(out: dict, path: str) -> str:
@@ -241,7 +247,7 @@ def run(config: dict) -> dict:
     ratio = "" if row["ratio_to_cast"] is None else f"{row['ratio_to_cast']:6.2f}x cast"
     print(f"{row['format']:>11} {row['method']:>18} {row['median_s'] * 1e3:9.2f} ms "
           f"{row['elements_per_sec'] / 1e6:9.1f} M/s {row['ratio_to_nearest']:6.2f}x nearest "
-          f"{ratio}", flush=True)
+          f"(min {row['min_ratio_to_nearest']:5.2f}x) {ratio}", flush=True)
   print(f"qtorch: {out['qtorch']['info']}")
   workdir = config["workdir"] or None
   plots = {"rates": plot(out, os.path.join(workdir, "rates.png"))} if workdir else {}

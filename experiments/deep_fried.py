@@ -20,12 +20,16 @@ the scale of a parameter. A dense layer's weights are about `1 / sqrt(fan_in)` (
 S, G and B are about 1, so at one learning rate the Fastfood diagonals move about 30x more slowly,
 relative to their size, than the dense weights they replace. `fastfood_lr_mult` multiplies the
 updates of S, G and B (through `fit`'s `tx_wrapper`; every other parameter, and the dense net, is
-untouched); 1.0 is the plain setting. The value used is in results.json's config, and the report
-says which.
+untouched); 1.0 is the plain setting. The default 30 is the ratio of the two scales
+(`sqrt(800)` = 28 for the trunk's 800 features), set from that argument, not tuned for the best
+number. Measured once on the quick setting (validation accuracy, seeds 0 and 1; dense 98.20%):
+mult 1: 97.35%, 10: 97.58%, 30: 97.85%, 100: 98.08%. The value used is in results.json's config
+and in the report row.
 
 Quick (the report's setting): bundled MNIST (8,000 train / 2,000 validation real digits), 400 Adam
-steps of batch 64 per run, seeds 0 and 1 (validation accuracy is the mean over seeds; with 2,000
-validation digits one digit is 0.05 points). Full (DEFAULTS): tfds "mnist" (prepare it with
+steps of batch 64 per run, seeds 0, 1 and 2 (validation accuracy is the mean over seeds; with
+2,000 validation digits one digit is 0.05 points); about 2-2.5 minutes on 2 lightly loaded CPU
+cores. Full (DEFAULTS): tfds "mnist" (prepare it with
 `tfds build mnist --data_dir=...`, pass `--data_dir`), 6,000 steps of batch 64 (6.4 epochs), three
 seeds; each run checkpoints under `--workdir/<variant>_seed<k>/` and resumes.
 
@@ -73,10 +77,10 @@ DEFAULTS = {
     "channels": [20, 50],
     "kernel_size": 5,
     "dropout_rate": 0.0,
-    "fastfood_lr_mult": 10.0,
+    "fastfood_lr_mult": 30.0,
 }
 # checkpoint_every=0 here means no per-run workdir at all (nothing to resume in 3 minutes).
-QUICK = {"dataset": "mnist_bundled", "steps": 400, "seeds": [0, 1], "log_every": 100,
+QUICK = {"dataset": "mnist_bundled", "steps": 400, "seeds": [0, 1, 2], "log_every": 100,
          "checkpoint_every": 0}
 SMOKE = {"dataset": "mnist_bundled", "steps": 2, "batch_size": 16, "seeds": [0], "log_every": 1,
          "checkpoint_every": 0, "eval_batch_size": 500, "hidden": [64], "channels": [4, 8]}
@@ -177,12 +181,14 @@ def _plot(metrics: dict, path: str, title: str) -> str:
   acc = [100 * metrics[n]["val_accuracy"] for n in names]
   err = [100 * metrics[n]["val_accuracy_std"] for n in names]
   ax1.bar(x, acc, yerr=err, capsize=4, color=[f"C{i}" for i in range(len(names))])
+  low = max(0.0, min(min(100 * v for v in metrics[n]["val_accuracy_per_seed"]) for n in names)
+            - 2.0)
   for i, (a, n) in enumerate(zip(acc, names)):
     seeds = [100 * v for v in metrics[n]["val_accuracy_per_seed"]]
     ax1.scatter([i] * len(seeds), seeds, color="k", s=10, zorder=3)
-    ax1.text(i, a, f"{a:.2f}%", ha="center", va="bottom", fontsize=8)
-  low = min(min(100 * v for v in metrics[n]["val_accuracy_per_seed"]) for n in names)
-  ax1.set_ylim(max(0.0, low - 2.0), 100.0)
+    ax1.text(i, low + 0.1 * (a - low), f"{a:.2f}%", ha="center", va="bottom", fontsize=9,
+             color="white", fontweight="bold")
+  ax1.set_ylim(low, 100.0)
   ax1.set(ylabel="validation accuracy (%)", title="accuracy (mean, sd and seeds)")
   w = 0.38
   rep = [metrics[n]["replaced_params"] for n in names]
@@ -288,8 +294,9 @@ def report_rows(results: dict) -> list[dict]:
         "claim": "no drop in accuracy with far fewer parameters in the FC layers",
         "paper": "MNIST about 0.7% error with far fewer parameters; target: within 0.5 points "
                  "of dense with >= 10x fewer replaced parameters",
-        "ours": (f"{where}: adaptive {_pct(a['val_accuracy'])} (sd {100 * a['val_accuracy_std']:.2f}) "
-                 f"vs dense {_pct(d['val_accuracy'])} (sd {100 * d['val_accuracy_std']:.2f}), "
+        "ours": (f"{where}: adaptive {_pct(a['val_accuracy'])} (sd {100 * a['val_accuracy_std']:.2f}; "
+                 f"error {_pct(1 - a['val_accuracy'])}) vs dense {_pct(d['val_accuracy'])} "
+                 f"(sd {100 * d['val_accuracy_std']:.2f}; error {_pct(1 - d['val_accuracy'])}), "
                  f"gap {gap:+.2f} points (per seed "
                  + ", ".join(f"{g:+.2f}" for g in s["adaptive_minus_dense_points_per_seed"])
                  + f"); replaced params {a['replaced_params']:,} vs {d['replaced_params']:,} "
@@ -311,7 +318,7 @@ def report_rows(results: dict) -> list[dict]:
         "reproduced": None})
   rows.append({
       "technique": "Deep Fried Convnets on ImageNet (CaffeNet FC layers replaced)",
-      "claim": "Fastfood FC layers match CaffeNet with 2-4x fewer parameters in the whole net",
+      "claim": "Fastfood FC layers match CaffeNet with 1.8-3.6x fewer parameters in the whole net",
       "paper": "top-1 error: Fastfood-16-AD 42.90% (16.4M params), Fastfood-32-AD 41.93% "
                "(32.8M), CaffeNet 42.78% (58.7-61M)",
       "ours": "not run (needs CaffeNet's trunk and ImageNet; see experiments/deep_fried.py)",

@@ -469,7 +469,7 @@ def plot_curves(histories: dict, metrics: dict, config: dict, path: str) -> str:
     ax1.plot(*zip(*pts), marker=".", label=name, **style)
   ax1.set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1),
           title="accuracy curves (dashed: round-to-nearest)")
-  ax1.legend(fontsize=7, ncol=2)
+  ax1.legend(fontsize=7, ncol=2, loc="center right")
   word = config["word_bits"]
   for mode, marker in (("nearest", "s"), ("stochastic", "o")):
     pts = [(fl, metrics[f"fixed{word}_fl{fl}_{mode}"]["val_accuracy"]) for fl in fls
