@@ -84,8 +84,8 @@ def _qtorch() -> tuple[Any, str]:
     return None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
 
-def _methods(fmt_name: str, quant: Any) -> dict[str, Callable[[], Any]]:
-  """name -> argument-less function of the prepared input (see bench)."""
+def _methods(fmt_name: str, quant: Any) -> dict[str, Callable[..., Any]]:
+  """name -> jitted function of (x) or (x, key), or a qtorch function of a torch tensor."""
   fmt, native, qspec = FORMATS[fmt_name]
   out: dict[str, Any] = {}
   if native is not None:
@@ -98,7 +98,8 @@ def _methods(fmt_name: str, quant: Any) -> dict[str, Callable[[], Any]]:
     kind, a, b = qspec
     for rounding in ("nearest", "stochastic"):
       if kind == "float":
-        out[f"qtorch_{rounding}"] = (lambda t, r=rounding: quant.float_quantize(t, a, b, rounding=r))
+        out[f"qtorch_{rounding}"] = (
+            lambda t, r=rounding: quant.float_quantize(t, a, b, rounding=r))
       else:
         out[f"qtorch_{rounding}"] = (lambda t, r=rounding: quant.fixed_point_quantize(
             t, a, b, rounding=r))
