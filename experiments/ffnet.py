@@ -122,12 +122,12 @@ class GradTracker:
 
   def __init__(self, grad_norms, batch, every):
     self.grad_norms, self.batch, self.every = grad_norms, batch, every
-    self.records = []  # (step, early norm)
+    self.records = []  # [step, early norm]
 
   def __call__(self, step, state):
     if step % self.every == 0:
       norms = self.grad_norms(state.params, state.model_state, self.batch)
-      self.records.append((step, early_norm(norms)))
+      self.records.append([step, early_norm(norms)])  # Lists: the same after a JSON round trip.
 
 
 def _plot(metrics: dict, history: dict, path: str, title: str) -> str:
