@@ -1,4 +1,4 @@
-"""Deep Fried Convnets (Yang et al., ICCV 2015): dense FC layers vs adaptive and non-adaptive Fastfood.
+"""Deep Fried Convnets (Yang et al., ICCV 2015): dense FC vs adaptive and non-adaptive Fastfood.
 
     python -m experiments.deep_fried --workdir=runs/deep_fried --quick   # bundled MNIST, ~3 min
     python -m experiments.deep_fried --workdir=runs/deep_fried           # tfds MNIST (60k / 10k)
@@ -29,9 +29,9 @@ and in the report row.
 Quick (the report's setting): bundled MNIST (8,000 train / 2,000 validation real digits), 400 Adam
 steps of batch 64 per run, seeds 0, 1 and 2 (validation accuracy is the mean over seeds; with
 2,000 validation digits one digit is 0.05 points); about 2-2.5 minutes on 2 lightly loaded CPU
-cores. Full (DEFAULTS): tfds "mnist" (prepare it with
-`tfds build mnist --data_dir=...`, pass `--data_dir`), 6,000 steps of batch 64 (6.4 epochs), three
-seeds; each run checkpoints under `--workdir/<variant>_seed<k>/` and resumes.
+cores. Full (DEFAULTS): tfds "mnist" (prepare it with `tfds build mnist --data_dir=...`, pass
+`--data_dir`), 6,000 steps of batch 64 (6.4 epochs), three seeds; each run checkpoints under
+`--workdir/<variant>_seed<k>/` and resumes.
 
 ImageNet. The paper's ImageNet numbers (Fastfood-16-AD / -32-AD in place of CaffeNet's FC layers)
 are quoted beside ours but not reproduced: they need CaffeNet's five-conv trunk (here the trunk is
@@ -116,7 +116,8 @@ def _check(config: dict) -> None:
   if str(config["dataset"]).startswith("imagenet2012"):
     raise ValueError("dataset imagenet2012 has images of varying size, which "
                      "fastnets.data.load_tfds cannot hold as one array; use a fixed-size variant "
-                     "such as imagenet_resized/64x64 with a larger trunk (see the module docstring)")
+                     "such as imagenet_resized/64x64 with a larger trunk (see the module "
+                     "docstring)")
 
 
 def _build(variant: str, config: dict, num_classes: int) -> DeepFriedConvnet:
@@ -155,9 +156,9 @@ def _one_run(variant: str, seed: int, config: dict, dataset, workdir) -> dict:
   wrapper = None
   if variant == "fastfood_adaptive" and mult != 1.0:
     wrapper = lambda tx: optax.chain(tx, scale_fastfood_updates(mult))
-  result = train.fit(model, dataset, tcfg, workdir, tx_wrapper=wrapper,
-                     run_info={"experiment": NAME, "variant": variant,
-                               "fastfood_lr_mult": mult if variant == "fastfood_adaptive" else None})
+  run_info = {"experiment": NAME, "variant": variant,
+              "fastfood_lr_mult": mult if variant == "fastfood_adaptive" else None}
+  result = train.fit(model, dataset, tcfg, workdir, tx_wrapper=wrapper, run_info=run_info)
   params = result.state.params
   consts = result.state.model_state.get(FASTFOOD_CONSTANTS, {})
   return {"val_accuracy": float(result.metrics["val_accuracy"]),
@@ -294,7 +295,8 @@ def report_rows(results: dict) -> list[dict]:
         "claim": "no drop in accuracy with far fewer parameters in the FC layers",
         "paper": "MNIST about 0.7% error with far fewer parameters; target: within 0.5 points "
                  "of dense with >= 10x fewer replaced parameters",
-        "ours": (f"{where}: adaptive {_pct(a['val_accuracy'])} (sd {100 * a['val_accuracy_std']:.2f}; "
+        "ours": (f"{where}: adaptive {_pct(a['val_accuracy'])} "
+                 f"(sd {100 * a['val_accuracy_std']:.2f}; "
                  f"error {_pct(1 - a['val_accuracy'])}) vs dense {_pct(d['val_accuracy'])} "
                  f"(sd {100 * d['val_accuracy_std']:.2f}; error {_pct(1 - d['val_accuracy'])}), "
                  f"gap {gap:+.2f} points (per seed "
