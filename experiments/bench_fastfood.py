@@ -201,11 +201,7 @@ def _plot(metrics: dict, path: str) -> str:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def _summary(metrics: dict) -> dict:

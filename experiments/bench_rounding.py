@@ -228,11 +228,7 @@ def plot(out: dict, path: str) -> str:
          title=f"rounding {out['size']:,} float32 values on {out['device']}")
   ax.legend(fontsize=8, ncol=2)
   ax.grid(alpha=0.3, axis="y")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def run(config: dict) -> dict:

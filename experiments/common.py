@@ -83,9 +83,16 @@ def plot_history(history: list, path: str, title: str) -> str:
   for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
   fig.suptitle(title)
+  return save_figure(fig, path)
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+  """Lays out, writes (creating the folder) and closes a matplotlib figure; returns `path`."""
+  import matplotlib.pyplot as plt
+
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
 

@@ -207,11 +207,7 @@ def _plot(metrics: dict, path: str, title: str) -> str:
     ax.set_xticklabels([n.replace("fastfood_", "fastfood\n") for n in names])
     ax.grid(alpha=0.3, axis="y")
   fig.suptitle(title)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def _summary(metrics: dict) -> dict:

@@ -179,11 +179,7 @@ def _plot(metrics: dict, names: list, path: str, title: str) -> str:
     ax.grid(alpha=0.3)
   ax2.legend(fontsize=8)
   fig.suptitle(title)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def run(config: dict) -> dict:

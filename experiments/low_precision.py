@@ -486,11 +486,7 @@ def plot_curves(histories: dict, metrics: dict, config: dict, path: str) -> str:
   ax2.legend(fontsize=8)
   for ax in (ax1, ax2):
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def report_rows(results: dict) -> list[dict]:

@@ -302,11 +302,7 @@ def _plot(metrics: dict, history: dict, pairs: list, path: str, title: str) -> s
   for ax in axes[1:]:
     ax.tick_params(axis="x", labelsize=8)
   fig.suptitle(title)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------

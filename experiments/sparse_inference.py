@@ -244,11 +244,7 @@ def _plot(dense_hist, pruned_hist, schedule, steps, path, title) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right")
   fig.suptitle(title)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def _cpu_seconds() -> float:
