@@ -42,7 +42,7 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["fastnets", "fastnets.*"]) + ["fastnets.kernels"],
     package_dir={"fastnets.kernels": "kernels"},
-    package_data={"fastnets.data": ["files/*.gz"]},
+    package_data={"fastnets.data": ["files/*.gz"], "fastnets.kernels": ["csrc/*.cc"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -6,19 +6,22 @@ Part 1, `fastnets.ops.fwht` (float32, batch x n, transform over n): against a de
 `x @ H_n` (jit, HIGHEST precision) and, when the `ffht` module is installed
 (`pip install numpy pybind11 wheel && pip install --no-build-isolation ffht-unofficial`), FFHT's
 AVX C code (`ffht.fht`, out of place, single thread as in the issue's measurements, and with all
-cores). XLA uses all cores of the CPU. Part 2, `fastnets.nn.FastfoodDense` (adaptive) against
+cores). `impls` lists the `fwht` implementations timed: "auto" (what `fwht` uses by default: the
+native C++ kernel on a CPU, single thread, `fastnets.kernels.native`), "xla" (Kronecker-factored
+matmuls; XLA uses all cores of the CPU), "native", "pallas" (on a GPU). The targets are checked on
+"auto". Part 2, `fastnets.nn.FastfoodDense` (adaptive) against
 `flax.linen.Dense` for square layers width -> width: forward + backward (`jit(grad)` with respect to
 parameters and input), parameter counts, and compiled memory (`jit(...).lower(...).compile()
 .memory_analysis()`: temp and argument bytes). Times are medians over interleaved rounds after
 compilation and warm-up; ratios are against baselines measured in the same run. Quick: about a
 minute on 2 CPU cores.
 
-Issue-4 targets: fwht at n = 4096 at least 10x faster than the dense matmul; within 3x of FFHT for
+Issue-4 targets (for `fwht`'s default implementation): fwht at n = 4096 at least 10x faster than the dense matmul; within 3x of FFHT for
 n = 2^10 .. 2^14; FastfoodDense forward+backward faster than Dense from width 4096 up with over
 100x fewer parameters.
 
-Writes --workdir/results.json with metrics["fwht"][n] = {xla_s, dense_matmul_s, ffht_s,
-ffht_mt_s, ...ratios}, metrics["layers"][width] = {fastfood_s, dense_s, fastfood_params,
+Writes --workdir/results.json with metrics["fwht"][n] = {auto_s, xla_s, dense_matmul_s, ffht_s,
+ffht_mt_s, dense_over_<impl>, <impl>_over_ffht, ...}, metrics["auto_impl"] (what "auto" ran), metrics["layers"][width] = {fastfood_s, dense_s, fastfood_params,
 dense_params, fastfood_temp_bytes, dense_temp_bytes, ...}, a `summary` against the targets, and
 --workdir/fastfood_bench.png.
 """
@@ -35,6 +38,7 @@ import numpy as np
 
 from experiments import common
 from fastnets.nn.fastfood import FastfoodDense
+from fastnets.ops import hadamard as had
 from fastnets.ops.hadamard import fwht, hadamard_matrix
 
 NAME = "bench_fastfood"
@@ -43,7 +47,7 @@ DEFAULTS = {
     "fwht_log2": [8, 9, 10, 11, 12, 13, 14, 15, 16],
     "batch": 256,
     "dense_max_log2": 13,   # the dense H_n matmul baseline only up to this n (O(n^2) memory)
-    "impls": ["xla"],       # add "pallas" on a GPU
+    "impls": ["auto", "xla"],  # "auto" = fwht's default (native on a CPU, pallas on a GPU)
     "ffht": True,
     "widths": [1024, 2048, 4096, 8192, 16384],
     "layer_batch": 256,
@@ -117,14 +121,14 @@ def _bench_fwht(config: dict, notes: list) -> tuple[dict, dict]:
       for f in fns.values():
         f()
     row = _time_interleaved(fns, int(config["repeats"]))
-    base = row.get("xla_s")
-    if base:
+    for impl in config["impls"]:
+      base = row[f"{impl}_s"]
       if "dense_matmul_s" in row:
-        row["dense_over_xla"] = row["dense_matmul_s"] / base
+        row[f"dense_over_{impl}"] = row["dense_matmul_s"] / base
       if "ffht_s" in row:
-        row["xla_over_ffht"] = base / row["ffht_s"]
+        row[f"{impl}_over_ffht"] = base / row["ffht_s"]
       if "ffht_mt_s" in row:
-        row["xla_over_ffht_mt"] = base / row["ffht_mt_s"]
+        row[f"{impl}_over_ffht_mt"] = base / row["ffht_mt_s"]
     ref = outs.get("ffht", outs.get("dense_matmul"))
     if ref is not None:
       scale = float(np.abs(ref).max())
@@ -207,10 +211,12 @@ def _plot(metrics: dict, path: str) -> str:
 def _summary(metrics: dict) -> dict:
   fw, layers = metrics["fwht"], metrics["layers"]
   s = {}
-  if "4096" in fw and "dense_over_xla" in fw["4096"]:
-    s["fwht_vs_dense_at_4096"] = fw["4096"]["dense_over_xla"]
-  mid = {n: r["xla_over_ffht"] for n, r in fw.items()
-         if "xla_over_ffht" in r and 2**10 <= int(n) <= 2**14}
+  impl = "auto" if any("auto_s" in r for r in fw.values()) else "xla"
+  s["impl"] = impl if impl != "auto" else f"auto ({metrics.get('auto_impl', '?')})"
+  if "4096" in fw and f"dense_over_{impl}" in fw["4096"]:
+    s["fwht_vs_dense_at_4096"] = fw["4096"][f"dense_over_{impl}"]
+  mid = {n: r[f"{impl}_over_ffht"] for n, r in fw.items()
+         if f"{impl}_over_ffht" in r and 2**10 <= int(n) <= 2**14}
   if mid:
     s["fwht_over_ffht"] = mid
     s["fwht_over_ffht_max"] = max(mid.values())
@@ -224,14 +230,16 @@ def _summary(metrics: dict) -> dict:
 def run(config: dict) -> dict:
   """Times fwht and the layers for every configured size; returns (and writes) the record."""
   config = common.merge_config(DEFAULTS, config)
-  unknown = sorted(set(config["impls"]) - {"xla", "pallas"})
+  known = ("auto", "xla", "native", "pallas")
+  unknown = sorted(set(config["impls"]) - set(known))
   if unknown or not config["impls"]:
-    raise ValueError(f"impls must be a non-empty subset of ['xla', 'pallas'], got {config['impls']}")
+    raise ValueError(f"impls must be a non-empty subset of {list(known)}, got {config['impls']}")
   timer = common.Timer()
   notes = []
   load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
   fwht_metrics, details = _bench_fwht(config, notes)
-  metrics = {"fwht": fwht_metrics, "layers": _bench_layers(config)}
+  metrics = {"fwht": fwht_metrics, "layers": _bench_layers(config),
+             "auto_impl": had._choose_impl("auto", 2**int(config["fwht_log2"][0]), jnp.float32)}
   plots = {}
   if config["workdir"]:
     plots["fwht and layers"] = _plot(metrics, os.path.join(config["workdir"], "fastfood_bench.png"))
@@ -243,7 +251,7 @@ def run(config: dict) -> dict:
       load_average={"before": load_before,
                     "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
       threads={"cpu_count": os.cpu_count(), "ffht_s": 1, "ffht_mt_s": os.cpu_count(),
-               "xla": "XLA's default CPU thread pool"})
+               "native": 1, "xla": "XLA's default CPU thread pool"})
 
 
 def report_rows(results: dict) -> list[dict]:
@@ -252,12 +260,14 @@ def report_rows(results: dict) -> list[dict]:
   where = str(results.get("devices", {}).get("platform", "cpu")).upper()
   rows = []
   if "fwht_vs_dense_at_4096" in s:
-    rows.append({"technique": f"fwht vs dense Hadamard matmul, n=4096 ({where})",
+    rows.append({"technique": f"fwht [{s.get('impl', 'xla')}] vs dense Hadamard matmul, n=4096 "
+                              f"({where})",
                  "claim": "O(n log n) instead of O(n^2)", "paper": "target >= 10x faster",
                  "ours": f"{s['fwht_vs_dense_at_4096']:.1f}x faster",
                  "reproduced": s["fwht_vs_dense_at_4096"] >= 10})
   if "fwht_over_ffht_max" in s:
-    rows.append({"technique": f"fwht ({where}) vs FFHT (C, AVX, 1 thread), n=2^10..2^14",
+    rows.append({"technique": f"fwht [{s.get('impl', 'xla')}] ({where}) vs FFHT (C, AVX, 1 thread), "
+                              "n=2^10..2^14",
                  "claim": "close to the fastest CPU FWHT", "paper": "target <= 3x FFHT's time",
                  "ours": "max {:.1f}x ({})".format(s["fwht_over_ffht_max"], ", ".join(
                      f"{n}: {r:.1f}x" for n, r in sorted(s["fwht_over_ffht"].items(),

@@ -1,7 +1,10 @@
-"""Pallas kernels, imported as `fastnets.kernels`.
+"""Pallas kernels and native CPU kernels, imported as `fastnets.kernels`.
 
-Every kernel has a pure-JAX reference in `fastnets.ops` that is both the CPU path and the test
-oracle. Kernels take `interpret=` (run on CPU through the Pallas interpreter) and are tested by
+`native` holds C++ kernels for the CPU (sources in `csrc/`), compiled on first use and called as
+XLA FFI custom calls; the others are Pallas kernels for GPUs.
+
+Every kernel has a pure-JAX reference in `fastnets.ops` that is the test oracle (and the fallback
+path). Pallas kernels take `interpret=` (run on CPU through the Pallas interpreter) and are tested by
 lowering for CUDA from the CPU (see tests/ and ../shared/design/KERNELS.md).
 """
 

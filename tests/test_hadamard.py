@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 from fastnets import ops
 from fastnets.kernels import hadamard as khad
 from fastnets.ops import hadamard as had
+from tests.conftest import run_python
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 
@@ -38,14 +39,15 @@ def _layouts(n):
   return [((3, n), -1), ((n, 2), 0), ((2, n, 3), 1), ((2, 1, n), 2)]
 
 
+@pytest.mark.parametrize("impl", ["xla", "native"])
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 128, 512, 2048, 4096])
-def test_fwht_matches_scipy_hadamard_float64(n):
+def test_fwht_matches_scipy_hadamard_float64(n, impl):
   rng = np.random.default_rng(n)
   with jax.enable_x64(True):
     for i, (shape, axis) in enumerate(_layouts(n)):
       x = rng.standard_normal(shape)
       normalize = bool(i % 2)
-      y = ops.fwht(jnp.asarray(x), axis=axis, normalize=normalize, impl="xla")
+      y = ops.fwht(jnp.asarray(x), axis=axis, normalize=normalize, impl=impl)
       assert y.dtype == jnp.float64 and y.shape == x.shape
       np.testing.assert_allclose(np.asarray(y), _ref(x, axis, normalize), rtol=1e-12,
                                  atol=1e-12 * np.sqrt(n) * np.abs(x).max())
@@ -92,12 +94,13 @@ def test_normalized_transform_twice_is_identity(log2n, rank, seed, data):
   np.testing.assert_allclose(np.asarray(y), x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["xla", "native"])
 @pytest.mark.parametrize("shape,axis,normalize", [((3, 16), -1, False), ((8, 4), 0, True),
                                                   ((2, 32, 2), 1, True)])
-def test_gradients_float64(shape, axis, normalize):
+def test_gradients_float64(shape, axis, normalize, impl):
   with jax.enable_x64(True):
     x = jnp.asarray(np.random.default_rng(2).standard_normal(shape))
-    f = lambda v: ops.fwht(v, axis=axis, normalize=normalize, impl="xla")
+    f = lambda v: ops.fwht(v, axis=axis, normalize=normalize, impl=impl)
     check_grads(f, (x,), order=1, modes=["rev"])
     # Against autodiff of the dense reference under a random cotangent.
     n = shape[axis]
@@ -160,7 +163,7 @@ def test_impls_agree_values_and_gradients():
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     ct = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     outs, grads = [], []
-    for impl in ("xla", "pallas"):
+    for impl in ("xla", "native", "pallas"):
       f = lambda v, impl=impl: ops.fwht(v, axis=axis, normalize=True, impl=impl)
       y, vjp = jax.vjp(f, x)
       outs.append(np.asarray(y))
@@ -188,6 +191,55 @@ def test_op_forward_and_backward_lower_for_cuda(monkeypatch, impl):
   text = jax.jit(jax.grad(loss)).trace(jnp.zeros((512, 4))).lower(
       lowering_platforms=("cuda",)).as_text()
   assert text.count(TRITON_CALL) == 2
+
+
+# ---- native CPU kernel (kernels/csrc/fwht_cpu.cc) ----------------------------------------------
+
+
+@pytest.mark.parametrize("n", [8, 64, 2048, 2**14])
+def test_native_float32_large_rows_match_xla(n):
+  # Rows longer than the kernel's 256-vector cache block (2048 floats) take the two-phase path.
+  x = np.random.default_rng(n).standard_normal((3, n)).astype(np.float32)
+  y = jax.jit(lambda v: ops.fwht(v, normalize=True, impl="native"))(x)
+  y_xla = ops.fwht(x, normalize=True, impl="xla")
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_xla), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_is_native_on_cpu_and_vmap_works():
+  assert jax.default_backend() == "cpu"
+  x = np.random.default_rng(4).standard_normal((5, 3, 32)).astype(np.float32)
+  hlo = jax.jit(lambda v: ops.fwht(v)).trace(x).lower().as_text()
+  assert "fastnets_fwht_f32" in hlo
+  y = jax.vmap(lambda v: ops.fwht(v, axis=1, impl="native"), in_axes=1, out_axes=1)(x)
+  np.testing.assert_allclose(np.asarray(y), _ref(x, 2), rtol=1e-5, atol=1e-4)
+
+
+def test_native_disabled_falls_back_to_xla_and_native_raises():
+  out = run_python("""
+import warnings, jax, jax.numpy as jnp
+from fastnets import ops
+from fastnets.kernels import native
+assert not native.available() and "FASTNETS_NATIVE=0" in native.build_error()
+with warnings.catch_warnings(record=True) as w:
+  warnings.simplefilter("always")
+  hlo = jax.jit(ops.fwht).trace(jnp.ones((2, 8))).lower().as_text()
+assert "fastnets_fwht" not in hlo and any("using the XLA path" in str(m.message) for m in w)
+try:
+  ops.fwht(jnp.ones((2, 8)), impl="native")
+except native.NativeBuildError as e:
+  print("raised:", e)
+""", env={"FASTNETS_NATIVE": "0"})
+  assert "raised: fastnets native CPU kernels are unavailable: disabled" in out
+
+
+def test_native_kernel_bad_input():
+  from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="shape"):
+    native.fwht_native(jnp.ones((8,)))
+  with pytest.raises(ValueError, match="float32 or float64"):
+    native.fwht_native(jnp.ones((8, 1), jnp.bfloat16))
+  with pytest.raises(ValueError, match="power of two"):
+    native.fwht_native(jnp.ones((6, 1)))
 
 
 # ---- bad input -----------------------------------------------------------------------------
