@@ -1,17 +1,46 @@
 """Flax Linen modules: thin wrappers that own parameters and call `fastnets.ops`."""
 
-from fastnets.nn.sparse import conv_kernel_prunable, sparse_apply, sparse_convs, sparsify_variables
-__all__ = []
-from fastnets.nn.downsample import downsampled_apply, model_conv_flops, pooled_kernels, resolve_target
-__all__ += ["downsampled_apply", "model_conv_flops", "pooled_kernels", "resolve_target"]
-from fastnets.nn.quantized import quantized, quantized_layer_kind
-__all__ += ["quantized", "quantized_layer_kind"]
-__all__ += ["conv_kernel_prunable", "sparse_apply", "sparse_convs", "sparsify_variables"]
-from fastnets.nn.fastfood import FASTFOOD_CONSTANTS, FastfoodDense
-__all__ += ["FASTFOOD_CONSTANTS", "FastfoodDense"]
-from fastnets.nn.tensor_layers import (BTGRUCell, BTLinear, BTLSTMCell, DenseGRUCell, DenseLSTMCell, TTGRUCell, TTLinear, TTLSTMCell, stacked_orthogonal)
-__all__ += ["BTGRUCell", "BTLinear", "BTLSTMCell", "DenseGRUCell", "DenseLSTMCell", "TTGRUCell", "TTLinear", "TTLSTMCell", "stacked_orthogonal"]
-from fastnets.nn.reversible import ReversibleStack, RevBlock
-__all__ += ["ReversibleStack", "RevBlock"]
-from fastnets.nn.packing import Packed, packed
-__all__ += ["Packed", "packed"]
+# Reversible residual networks (Gomez et al. 2017).
+from fastnets.nn.reversible import (  # noqa: F401
+    RevBlock, ReversibleStack,
+)
+
+# Fastfood layers (Yang et al. 2015).
+from fastnets.nn.fastfood import (  # noqa: F401
+    FASTFOOD_CONSTANTS, FastfoodDense,
+)
+
+# Limited precision: quantized layers (Gupta et al. 2015; Wang et al. 2018).
+from fastnets.nn.quantized import (  # noqa: F401
+    quantized, quantized_layer_kind,
+)
+
+# Pruned models as direct sparse convolutions (Escort, Chen 2018).
+from fastnets.nn.sparse import (  # noqa: F401
+    conv_kernel_prunable, sparse_apply, sparse_convs, sparsify_variables,
+)
+
+# PacGAN packing (Lin et al. 2018).
+from fastnets.nn.packing import (  # noqa: F401
+    Packed, packed,
+)
+
+# Dynamic input and kernel downsampling (Poulos et al. 2019).
+from fastnets.nn.downsample import (  # noqa: F401
+    downsampled_apply, model_conv_flops, pooled_kernels, resolve_target,
+)
+
+# Block-Term and Tensor-Train recurrent layers (Ye et al. 2018).
+from fastnets.nn.tensor_layers import (  # noqa: F401
+    BTGRUCell, BTLinear, BTLSTMCell, DenseGRUCell, DenseLSTMCell, stacked_orthogonal, TTGRUCell,
+    TTLinear, TTLSTMCell,
+)
+
+__all__ = [
+    "BTGRUCell", "BTLinear", "BTLSTMCell", "conv_kernel_prunable", "DenseGRUCell",
+    "DenseLSTMCell", "downsampled_apply", "FASTFOOD_CONSTANTS", "FastfoodDense",
+    "model_conv_flops", "Packed", "packed", "pooled_kernels", "quantized",
+    "quantized_layer_kind", "resolve_target", "RevBlock", "ReversibleStack", "sparse_apply",
+    "sparse_convs", "sparsify_variables", "stacked_orthogonal", "TTGRUCell", "TTLinear",
+    "TTLSTMCell",
+]

@@ -4,30 +4,94 @@ Every op takes arrays (and, where random, an explicit `jax.random` key first) an
 Custom gradients (`jax.custom_vjp`) live next to the forward function they differentiate.
 """
 
-from fastnets.ops.losses import accuracy, cross_entropy_loss
-from fastnets.ops.numerics import (BFLOAT16, FLOAT16, FLOAT32, FP8_E4M3, FP8_E5M2, FP16_WANG, FixedPoint, FloatFormat, Format, is_representable, quantize, quantize_grad, quantize_tree, round_nearest, stochastic_round, to_native)
-from fastnets.ops.low_precision import (QuantConfig, RoundToFormatState, apply_updates_low_precision, chunked_conv_general_dilated, chunked_dot, chunked_dot_general, low_precision_updates, quantized_conv_general_dilated, quantized_dot_general, round_to_format)
-from fastnets.ops.pruning import (ZhuGuptaSchedule, apply_masks, default_prunable, format_sparsity_report, gradual_magnitude_pruning, magnitude_mask, magnitude_masks, magnitude_prune, masked_updates, pruning_masks, sparsity_report, zhu_gupta_sparsity)
-from fastnets.ops.sparse_conv import (SparseKernel, conv_flops, sparse_conv2d, sparse_conv2d_reference, to_dense, to_sparse_kernel)
-from fastnets.ops.hadamard import fwht, hadamard_matrix, next_power_of_two, pad_to_power_of_two
-from fastnets.ops.fastfood import (FastfoodParams, fastfood_matrix, fastfood_params_init, fastfood_permutations, fastfood_rbf_features, fastfood_rbf_params, fastfood_scaling_init, fastfood_transform, rbf_kernel)
+# Losses and metrics.
+from fastnets.ops.losses import (  # noqa: F401
+    accuracy, cross_entropy_loss,
+)
 
-from fastnets.ops.downsample import (conv_flops_of, kernel_pooling_matrix, pool_input, pool_kernel, pooled_size)
-from fastnets.ops.tensor_formats import (ContractionPlan, balanced_factors, bt_dense, bt_init, bt_init_stddevs, bt_matmul, bt_matmul_flops, bt_num_params, bt_shapes, check_factorization, einsum_path_flops, tt_dense, tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes)
-__all__ = ["accuracy", "cross_entropy_loss"]
-__all__ += ["conv_flops_of", "kernel_pooling_matrix", "pool_input", "pool_kernel", "pooled_size"]
-__all__ += ["BFLOAT16", "FLOAT16", "FLOAT32", "FP8_E4M3", "FP8_E5M2", "FP16_WANG", "FixedPoint", "FloatFormat", "Format", "is_representable", "quantize", "quantize_grad", "quantize_tree", "round_nearest", "stochastic_round", "to_native"]
-__all__ += ["QuantConfig", "RoundToFormatState", "apply_updates_low_precision", "chunked_conv_general_dilated", "chunked_dot", "chunked_dot_general", "low_precision_updates", "quantized_conv_general_dilated", "quantized_dot_general", "round_to_format"]
-__all__ += ["ZhuGuptaSchedule", "apply_masks", "default_prunable", "format_sparsity_report", "gradual_magnitude_pruning", "magnitude_mask", "magnitude_masks", "magnitude_prune", "masked_updates", "pruning_masks", "sparsity_report", "zhu_gupta_sparsity"]
-__all__ += ["SparseKernel", "conv_flops", "sparse_conv2d", "sparse_conv2d_reference", "to_dense", "to_sparse_kernel"]
-__all__ += ["fwht", "hadamard_matrix", "next_power_of_two", "pad_to_power_of_two"]
-__all__ += ["FastfoodParams", "fastfood_matrix", "fastfood_params_init", "fastfood_permutations", "fastfood_rbf_features", "fastfood_rbf_params", "fastfood_scaling_init", "fastfood_transform", "rbf_kernel"]
-__all__ += ["ContractionPlan", "balanced_factors", "bt_dense", "bt_init", "bt_init_stddevs", "bt_matmul", "bt_matmul_flops", "bt_num_params", "bt_shapes", "check_factorization", "einsum_path_flops", "tt_dense", "tt_init", "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes"]
-from fastnets.ops.reversible import (additive_coupling, additive_coupling_inverse, reversible_sequence, reversible_sequence_inverse, split_channels)
-__all__ += ["additive_coupling", "additive_coupling_inverse", "reversible_sequence", "reversible_sequence_inverse", "split_channels"]
-from fastnets.ops.packing import check_degree, concat_packs, num_packs, pack, unpack
-__all__ += ["check_degree", "concat_packs", "num_packs", "pack", "unpack"]
-from fastnets.ops.gan import discriminator_loss, generator_loss, maxout
-__all__ += ["discriminator_loss", "generator_loss", "maxout"]
-from fastnets.ops.gan_metrics import mode_collapse_metrics, mode_histogram, reverse_kl_to_uniform, stacked_mnist_metrics, stacked_mnist_modes, standardized_distances
-__all__ += ["mode_collapse_metrics", "mode_histogram", "reverse_kl_to_uniform", "stacked_mnist_metrics", "stacked_mnist_modes", "standardized_distances"]
+# Reversible residual networks (Gomez et al. 2017).
+from fastnets.ops.reversible import (  # noqa: F401
+    additive_coupling, additive_coupling_inverse, reversible_sequence,
+    reversible_sequence_inverse, split_channels,
+)
+
+# Walsh-Hadamard transform and Fastfood (Le et al. 2013; Yang et al. 2015).
+from fastnets.ops.hadamard import (  # noqa: F401
+    fwht, hadamard_matrix, next_power_of_two, pad_to_power_of_two,
+)
+from fastnets.ops.fastfood import (  # noqa: F401
+    fastfood_matrix, fastfood_params_init, fastfood_permutations, fastfood_rbf_features,
+    fastfood_rbf_params, fastfood_scaling_init, fastfood_transform, FastfoodParams, rbf_kernel,
+)
+
+# Limited precision: number formats and rounding (Gupta et al. 2015; Wang et al. 2018).
+from fastnets.ops.numerics import (  # noqa: F401
+    BFLOAT16, FixedPoint, FLOAT16, FLOAT32, FloatFormat, Format, FP16_WANG, FP8_E4M3, FP8_E5M2,
+    is_representable, quantize, quantize_grad, quantize_tree, round_nearest, stochastic_round,
+    to_native,
+)
+from fastnets.ops.low_precision import (  # noqa: F401
+    apply_updates_low_precision, chunked_conv_general_dilated, chunked_dot, chunked_dot_general,
+    low_precision_updates, QuantConfig, quantized_conv_general_dilated, quantized_dot_general,
+    round_to_format, RoundToFormatState,
+)
+
+# Pruning and direct sparse convolution (Zhu & Gupta 2017; Escort, Chen 2018).
+from fastnets.ops.pruning import (  # noqa: F401
+    apply_masks, default_prunable, format_sparsity_report, gradual_magnitude_pruning,
+    magnitude_mask, magnitude_masks, magnitude_prune, masked_updates, pruning_masks,
+    sparsity_report, zhu_gupta_sparsity, ZhuGuptaSchedule,
+)
+from fastnets.ops.sparse_conv import (  # noqa: F401
+    conv_flops, sparse_conv2d, sparse_conv2d_reference, SparseKernel, to_dense, to_sparse_kernel,
+)
+
+# GANs and PacGAN packing (Lin et al. 2018).
+from fastnets.ops.packing import (  # noqa: F401
+    check_degree, concat_packs, num_packs, pack, unpack,
+)
+from fastnets.ops.gan import (  # noqa: F401
+    discriminator_loss, generator_loss, maxout,
+)
+from fastnets.ops.gan_metrics import (  # noqa: F401
+    mode_collapse_metrics, mode_histogram, reverse_kl_to_uniform, stacked_mnist_metrics,
+    stacked_mnist_modes, standardized_distances,
+)
+
+# Dynamic input and kernel downsampling (Poulos et al. 2019).
+from fastnets.ops.downsample import (  # noqa: F401
+    conv_flops_of, kernel_pooling_matrix, pool_input, pool_kernel, pooled_size,
+)
+
+# Block-Term and Tensor-Train matrices (Ye et al. 2018; Novikov et al. 2015).
+from fastnets.ops.tensor_formats import (  # noqa: F401
+    balanced_factors, bt_dense, bt_init, bt_init_stddevs, bt_matmul, bt_matmul_flops,
+    bt_num_params, bt_shapes, check_factorization, ContractionPlan, einsum_path_flops, tt_dense,
+    tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes,
+)
+
+__all__ = [
+    "accuracy", "additive_coupling", "additive_coupling_inverse", "apply_masks",
+    "apply_updates_low_precision", "balanced_factors", "BFLOAT16", "bt_dense", "bt_init",
+    "bt_init_stddevs", "bt_matmul", "bt_matmul_flops", "bt_num_params", "bt_shapes",
+    "check_degree", "check_factorization", "chunked_conv_general_dilated", "chunked_dot",
+    "chunked_dot_general", "concat_packs", "ContractionPlan", "conv_flops", "conv_flops_of",
+    "cross_entropy_loss", "default_prunable", "discriminator_loss", "einsum_path_flops",
+    "fastfood_matrix", "fastfood_params_init", "fastfood_permutations", "fastfood_rbf_features",
+    "fastfood_rbf_params", "fastfood_scaling_init", "fastfood_transform", "FastfoodParams",
+    "FixedPoint", "FLOAT16", "FLOAT32", "FloatFormat", "Format", "format_sparsity_report",
+    "FP16_WANG", "FP8_E4M3", "FP8_E5M2", "fwht", "generator_loss", "gradual_magnitude_pruning",
+    "hadamard_matrix", "is_representable", "kernel_pooling_matrix", "low_precision_updates",
+    "magnitude_mask", "magnitude_masks", "magnitude_prune", "masked_updates", "maxout",
+    "mode_collapse_metrics", "mode_histogram", "next_power_of_two", "num_packs", "pack",
+    "pad_to_power_of_two", "pool_input", "pool_kernel", "pooled_size", "pruning_masks",
+    "QuantConfig", "quantize", "quantize_grad", "quantize_tree",
+    "quantized_conv_general_dilated", "quantized_dot_general", "rbf_kernel",
+    "reverse_kl_to_uniform", "reversible_sequence", "reversible_sequence_inverse",
+    "round_nearest", "round_to_format", "RoundToFormatState", "sparse_conv2d",
+    "sparse_conv2d_reference", "SparseKernel", "sparsity_report", "split_channels",
+    "stacked_mnist_metrics", "stacked_mnist_modes", "standardized_distances",
+    "stochastic_round", "to_dense", "to_native", "to_sparse_kernel", "tt_dense", "tt_init",
+    "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes", "unpack",
+    "zhu_gupta_sparsity", "ZhuGuptaSchedule",
+]

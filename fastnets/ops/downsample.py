@@ -201,7 +201,8 @@ def conv_flops_of(fn: Callable[..., Any], *args: Any, per_conv: bool = False,
   (jit, remat, custom_vjp, scan bodies times their length; the costliest branch of a cond; a
   while body once). Pass a gradient function to count the backward convolutions too: then the
   count is the whole training step's conv FLOPs (about 3x the forward). Zero padding is counted
-  as work, as is usual for analytic counts.
+  as work, as is usual for analytic counts. For one convolution given by shapes (and the FLOPs of
+  its sparse version) see `fastnets.ops.conv_flops`.
 
   Args:
     fn: any JAX-traceable function.

@@ -596,6 +596,9 @@ def conv_flops(x_shape, kernel_shape, strides=(1, 1), padding: Padding = "SAME",
                nonzeros: int | None = None) -> int:
   """Multiply-add FLOPs (2 per MAC) of a convolution; with `nonzeros`, of the sparse one.
 
+  From shapes alone. To count every convolution a traced function (a model's forward or training
+  step) executes, use `fastnets.ops.conv_flops_of`.
+
   Args:
     x_shape: (N, H, W, I).
     kernel_shape: (KH, KW, I, O).
