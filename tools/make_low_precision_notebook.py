@@ -4,10 +4,11 @@
 
 The notebook is stored without outputs; tests/test_notebooks.py runs it with FASTNETS_SMOKE=1.
 """
-import nbformat as nbf
+import nbcommon  # tools/nbcommon.py: shared cells and writer
+from nbcommon import code, md, setup_cell
 
 cells = [
-    nbf.v4.new_markdown_cell(
+    md(
         "# Limited-precision training with fastnets\n\n"
         "Number formats (16-bit fixed point, bfloat16, FP8), round-to-nearest against stochastic "
         "rounding, and a short training run in 16-bit fixed point with both roundings: Gupta et "
@@ -16,25 +17,20 @@ cells = [
         "**Install.** From a checkout of the repository: `pip install -e .` (on Colab: clone the "
         "repository, `%cd` into it and run `%pip install -e .`). Set `FASTNETS_SMOKE=1` to run "
         "every cell in seconds (the notebook test does)."),
-    nbf.v4.new_code_cell(
-        "import os, sys\n"
-        "# Make the repository's experiments/ importable when the notebook runs from colabs/.\n"
-        "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-        "sys.path.insert(0, REPO)\n"
-        "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n"
+    setup_cell("import os, sys",
         "import numpy as np\n"
         "import jax, jax.numpy as jnp\n"
         "import matplotlib.pyplot as plt\n"
         "from fastnets import ops\n"
         "from fastnets.ops import BFLOAT16, FLOAT16, FP8_E4M3, FP8_E5M2, FP16_WANG, FixedPoint\n"
         "print('jax', jax.__version__, '|', jax.devices())"),
-    nbf.v4.new_markdown_cell(
+    md(
         "## Formats and their grids\n"
         "`FixedPoint(IL, FL)` is a signed two's-complement word of IL + FL bits (sign included in "
         "IL): a uniform grid of step 2^-FL on [-2^(IL-1), 2^(IL-1)), saturating at the ends. "
         "`FloatFormat(exponent_bits, mantissa_bits)` is a binary float: the step doubles every "
         "binade, with subnormals below the smallest normal number."),
-    nbf.v4.new_code_cell(
+    code(
         "formats = {'fixed <2,14>': FixedPoint(2, 14), 'fixed <8,8>': FixedPoint(8, 8),\n"
         "           'bfloat16': BFLOAT16, 'float16': FLOAT16, 'FP16 1-6-9 (Wang)': FP16_WANG,\n"
         "           'FP8 E4M3': FP8_E4M3, 'FP8 E5M2 (Wang)': FP8_E5M2}\n"
@@ -45,7 +41,7 @@ cells = [
         "    else:\n"
         "        bits, top, step = 1 + f.exponent_bits + f.mantissa_bits, f.max_value, f.smallest_step\n"
         "    print(f'{name:>20} {bits:>5} {top:>12.6g} {step:>14.3g}')"),
-    nbf.v4.new_code_cell(
+    code(
         "x = jnp.linspace(0.0, 4.0, 4001, dtype=jnp.float32)\n"
         "fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))\n"
         "for ax, (name, f) in zip(axes, [('fixed <3,2> (step 1/4)', FixedPoint(3, 2)),\n"
@@ -61,12 +57,12 @@ cells = [
         "print(len(grid), 'positive finite FP8 E5M2 values from', grid[0], 'to', grid[-1])\n"
         "plt.figure(figsize=(10, 1.2)); plt.semilogx(grid, np.zeros_like(grid), '|', ms=15)\n"
         "plt.yticks([]); plt.title('positive FP8 E5M2 values (log axis)'); plt.show()"),
-    nbf.v4.new_markdown_cell(
+    md(
         "## Stochastic rounding is unbiased\n"
         "Between neighbours a < x < b, `stochastic_round` returns b with probability "
         "(x - a) / (b - a): E[SR(x)] = x. Round-to-nearest always returns the same neighbour, so "
         "an update smaller than half a step is lost every time (Gupta's failure mode)."),
-    nbf.v4.new_code_cell(
+    code(
         "fmt = FixedPoint(4, 2)  # step 0.25\n"
         "n = 2_000 if SMOKE else 200_000\n"
         "x = jnp.full((n,), 0.3, jnp.float32)\n"
@@ -86,7 +82,7 @@ cells = [
         "ax2.plot(xs, mean_sr - xs, label=f'stochastic: mean of {reps} draws - x')\n"
         "ax2.set(title='rounding error against x', xlabel='x'); ax2.legend(); ax2.grid(alpha=0.3)\n"
         "plt.tight_layout(); plt.show()"),
-    nbf.v4.new_code_cell(
+    code(
         "# Wang's example: 10,000 updates of 1e-4 to weights of 1.0 kept in FP16 1-6-9 (1,000 weights).\n"
         "steps = 200 if SMOKE else 10_000\n"
         "def accumulate(mode):\n"
@@ -96,7 +92,7 @@ cells = [
         "near, sto = accumulate('nearest'), accumulate('stochastic')\n"
         "print(f'after {steps} updates of 1e-4: exact {1 + steps * 1e-4:.4f}, nearest {float(near.mean()):.4f}, '\n"
         "      f'stochastic {float(sto.mean()):.4f} +- {float(sto.std()):.4f} (mean +- std over 1,000 weights)')"),
-    nbf.v4.new_markdown_cell(
+    md(
         "## Training in 16-bit fixed point\n"
         "`experiments.low_precision` trains an MLP on the bundled MNIST digits with weights, "
         "activations, gradients and the weight update in 16-bit fixed point, via the "
@@ -105,7 +101,7 @@ cells = [
         "fraction bits with round-to-nearest and with stochastic rounding, at SGD learning rate "
         "0.01. The full grid (FL 8, 10, 12, 14 and FP8) is `python -m experiments.low_precision "
         "--quick`."),
-    nbf.v4.new_code_cell(
+    code(
         "from experiments import low_precision\n"
         "config = {'workdir': '', 'dataset': 'mnist_bundled', 'model': 'mlp', 'features': [100, 100],\n"
         "          'fraction_bits': [8], 'fp8': False, 'verbose': False,\n"
@@ -116,14 +112,11 @@ cells = [
         "for name, m in results['metrics'].items():\n"
         "    print(f\"{name:>26}: validation accuracy {m['val_accuracy']:.4f}\")\n"
         "print(results['formats']['fixed16_fl8_stochastic']['layer1'])"),
-    nbf.v4.new_code_cell(
+    code(
         "for name, hist in results['history'].items():\n"
         "    pts = [(h['step'], h['val_accuracy']) for h in hist if 'val_accuracy' in h]\n"
         "    plt.plot(*zip(*pts), marker='o', label=name)\n"
         "plt.xlabel('step'); plt.ylabel('validation accuracy'); plt.ylim(0, 1); plt.legend()\n"
         "plt.title('16-bit fixed point, FL 8: round-to-nearest loses the small updates'); plt.show()"),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"}})
-nbf.write(nb, "colabs/low_precision.ipynb")
+nbcommon.write(cells, "low_precision.ipynb")

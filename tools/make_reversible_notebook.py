@@ -5,12 +5,10 @@
 Cells are stored without outputs; `FASTNETS_SMOKE=1` runs every cell in seconds (the notebook test
 does: `python -m pytest tests/test_notebooks.py -q -k reversible`).
 """
-import os
 
-import nbformat as nbf
+import nbcommon  # tools/nbcommon.py: shared cells and writer
+from nbcommon import code, md, setup_cell
 
-md = nbf.v4.new_markdown_cell
-code = nbf.v4.new_code_cell
 
 cells = [
   md("# Reversible residual networks (RevNet)\n\n"
@@ -29,11 +27,7 @@ cells = [
      "3. trains a small RevNet on the bundled MNIST digits with the shared training loop.\n\n"
      "**Install.** From a checkout: `pip install -e .` (on Colab: clone the repository, `%cd` into "
      "it, `%pip install -e .`). Set `FASTNETS_SMOKE=1` to run every cell in seconds."),
-  code("import os, sys, tempfile\n"
-       "# Make the repository's experiments/ importable when the notebook runs from colabs/.\n"
-       "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-       "sys.path.insert(0, REPO)\n"
-       "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n"
+  setup_cell("import os, sys, tempfile",
        "import jax, jax.numpy as jnp, numpy as np\n"
        "import flax.linen as nn\n"
        "import matplotlib.pyplot as plt\n"
@@ -170,10 +164,4 @@ cells = [
        "print(stack_name, f'({stack.num_blocks} blocks): inverse error', float(jnp.max(jnp.abs(back - h))))"),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-  "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-  "language_info": {"name": "python"}})
-out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colabs",
-                   "reversible.ipynb")
-nbf.write(nb, out)
-print("wrote", out)
+nbcommon.write(cells, "reversible.ipynb")

@@ -5,12 +5,10 @@
 Cells are stored without outputs; `FASTNETS_SMOKE=1` runs every cell in seconds (the notebook test
 does: `python -m pytest tests/test_notebooks.py -q -k sparse`).
 """
-import os
 
-import nbformat as nbf
+import nbcommon  # tools/nbcommon.py: shared cells and writer
+from nbcommon import code, md, setup_cell
 
-md = nbf.v4.new_markdown_cell
-code = nbf.v4.new_code_cell
 
 cells = [
   md("# Sparse convolution for pruned CNNs (Escort)\n\n"
@@ -28,11 +26,7 @@ cells = [
      "direct path. **Install.** From a checkout: `pip install -e .` (on Colab: clone the "
      "repository, `%cd` into it, `%pip install -e .`). Set `FASTNETS_SMOKE=1` to run every cell in "
      "seconds."),
-  code("import os, sys, time, statistics\n"
-       "# Make the repository's experiments/ importable when the notebook runs from colabs/.\n"
-       "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-       "sys.path.insert(0, REPO)\n"
-       "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n"
+  setup_cell("import os, sys, time, statistics",
        "import jax, jax.numpy as jnp, numpy as np\n"
        "import matplotlib.pyplot as plt\n"
        "from IPython.display import Markdown, display\n"
@@ -153,10 +147,4 @@ cells = [
        "plt.ylabel('FLOPs / example'); plt.legend(); plt.show()"),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-  "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-  "language_info": {"name": "python"}})
-out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colabs",
-                   "sparse_conv.ipynb")
-nbf.write(nb, out)
-print("wrote", out)
+nbcommon.write(cells, "sparse_conv.ipynb")

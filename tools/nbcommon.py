@@ -1,0 +1,43 @@
+"""Shared pieces of the notebook generators (`tools/make_*.py`).
+
+Each generator keeps a notebook's cells as reviewable Python and writes `colabs/<name>.ipynb`
+without outputs; `tests/test_notebooks.py` executes every notebook with `FASTNETS_SMOKE=1`.
+"""
+import os
+
+import nbformat as nbf
+
+md = nbf.v4.new_markdown_cell
+code = nbf.v4.new_code_cell
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_PREAMBLE = (
+    "# Make the repository's experiments/ importable when the notebook runs from colabs/.\n"
+    "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
+    "sys.path.insert(0, REPO)\n"
+    "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n")
+
+
+def setup_cell(first_imports: str, rest: str):
+  """The first code cell: `first_imports` (must import os and sys), the repository path, the
+  SMOKE switch, then `rest` (the notebook's own imports)."""
+  if "os" not in first_imports or "sys" not in first_imports:
+    raise ValueError(f"setup_cell: first_imports must import os and sys, got {first_imports!r}")
+  return code(first_imports + "\n" + _PREAMBLE + rest)
+
+
+def write(cells, filename: str) -> str:
+  """Writes the cells as `colabs/<filename>` (Python 3 kernel metadata); returns the path.
+
+  Cell ids are numbered rather than random, so regenerating an unchanged notebook changes nothing.
+  """
+  for i, cell in enumerate(cells):
+    cell["id"] = f"cell-{i:03d}"
+  nb = nbf.v4.new_notebook(cells=cells, metadata={
+      "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+      "language_info": {"name": "python"}})
+  out = os.path.join(REPO_ROOT, "colabs", filename)
+  nbf.write(nb, out)
+  print("wrote", out)
+  return out
