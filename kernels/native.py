@@ -5,6 +5,7 @@ The fast Walsh-Hadamard transform (`fastnets.ops.fwht(impl="native")`, used by F
 its best composition (Kronecker-factored matmuls, `fastnets.ops.hadamard._fwht_xla`) makes several
 passes over memory through generic matmul code. `csrc/fwht_cpu.cc` is a SIMD radix-8 kernel,
 registered as an XLA FFI custom call so that it runs inside jitted programs with no Python callback.
+Independent rows are spread over XLA's intra-op thread pool (`parallel=True`, the default).
 
 Building. The C++ source ships with the package and is compiled on first use, once per machine, with
 `$CXX` (default `g++`, else `c++`/`clang++`) and `-O3 -march=native` against the XLA FFI headers
@@ -37,7 +38,7 @@ import numpy as np
 __all__ = ["NativeBuildError", "available", "build_error", "fwht_native", "library_path"]
 
 _SOURCE = pathlib.Path(__file__).resolve().parent / "csrc" / "fwht_cpu.cc"
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 _TARGETS = {jnp.dtype(jnp.float32): ("fastnets_fwht_f32", "FastnetsFwhtF32"),
             jnp.dtype(jnp.float64): ("fastnets_fwht_f64", "FastnetsFwhtF64")}
 DTYPES = tuple(_TARGETS)
@@ -152,7 +153,7 @@ def warn_fallback_once(what: str) -> None:
                 RuntimeWarning, stacklevel=3)
 
 
-def fwht_native(x: jax.Array, scale: float = 1.0) -> jax.Array:
+def fwht_native(x: jax.Array, scale: float = 1.0, parallel: bool = True) -> jax.Array:
   """Unnormalised Walsh-Hadamard transform along axis -2 of `x`, times `scale`, on the CPU.
 
   `y[..., k, p] = scale * sum_i H_n[k, i] x[..., i, p]`, Sylvester order (`scipy.linalg.hadamard`).
@@ -163,6 +164,8 @@ def fwht_native(x: jax.Array, scale: float = 1.0) -> jax.Array:
     x: array of rank >= 2 and shape `(..., n, post)`, float32 or float64 (a CPU array); `n` a power
       of two.
     scale: a Python float multiplied into the result (1 / sqrt(n) for the orthonormal transform).
+    parallel: spread the rows (the leading dimensions) over XLA's intra-op CPU thread pool, in
+      chunks of at least 2^16 elements; False runs on one thread.
 
   Returns:
     Array of the shape and dtype of `x`.
@@ -182,4 +185,4 @@ def fwht_native(x: jax.Array, scale: float = 1.0) -> jax.Array:
     raise ValueError(f"fwht_native: x.shape[-2] must be a power of two, got {n}")
   call = jax.ffi.ffi_call(_TARGETS[dtype][0], jax.ShapeDtypeStruct(x.shape, dtype),
                           vmap_method="broadcast_all")
-  return call(x, scale=np.float64(scale))
+  return call(x, scale=np.float64(scale), parallel=bool(parallel))

@@ -205,6 +205,17 @@ def test_native_float32_large_rows_match_xla(n):
   np.testing.assert_allclose(np.asarray(y), np.asarray(y_xla), rtol=1e-5, atol=1e-5)
 
 
+def test_native_parallel_rows_are_bitwise_the_single_thread_result():
+  # 300 rows of 1024: chunks of 64 rows, a ragged last chunk; several pool threads when available.
+  from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((300, 1024, 1)), jnp.float32)
+  a = jax.jit(lambda v: native.fwht_native(v, 0.5, parallel=True))(x)
+  b = jax.jit(lambda v: native.fwht_native(v, 0.5, parallel=False))(x)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(a[:3, :, 0]), 0.5 * _ref(x[:3, :, 0], -1), rtol=1e-5,
+                             atol=1e-4)
+
+
 def test_auto_is_native_on_cpu_and_vmap_works():
   assert jax.default_backend() == "cpu"
   x = np.random.default_rng(4).standard_normal((5, 3, 32)).astype(np.float32)

@@ -17,11 +17,17 @@
 //  * post > 1 (a transform along an inner axis): the "elements" of the butterfly are contiguous
 //    slices of length post, so every butterfly is a vectorisable loop over post; radix 4 halves
 //    the passes.
-// The single-thread loop over rows matches FFHT (Dao et al.), the CPU baseline of the benchmark.
+// Rows are independent: with `parallel`, chunks of rows run on XLA's intra-op thread pool (the
+// threads XLA's own CPU ops use); without, one thread, like FFHT, the CPU baseline of the benchmark.
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -233,8 +239,45 @@ void StridedTransform(const T* in, T* out, int64_t n, int64_t post, T scale) {
   }
 }
 
+// Runs body(begin, end) over [0, count) in chunks, on XLA's intra-op thread pool and the calling
+// thread together. Chunks are claimed from a shared atomic counter, so the caller alone finishes
+// all of them if the pool is busy (or is the thread we run on): no deadlock, no idle wait for a
+// task that has not started. Late tasks find no chunk left and return; the shared state lives in
+// a shared_ptr so that they never touch freed memory.
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t chunk, const Body& body) {
+  const int64_t chunks = (count + chunk - 1) / chunk;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
+  if (helpers <= 0) {
+    body(0, count);
+    return;
+  }
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto shared = std::make_shared<Shared>();
+  // `body` outlives every chunk: the caller returns only after all chunks are done.
+  auto work = [shared, chunks, chunk, count, &body]() {
+    for (int64_t c; (c = shared->next.fetch_add(1)) < chunks;) {
+      body(c * chunk, std::min(count, (c + 1) * chunk));
+      if (shared->done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(shared->mu);
+        shared->cv.notify_all();
+      }
+    }
+  };
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
+  work();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait(lock, [&] { return shared->done.load() == chunks; });
+}
+
 template <ffi::DataType D>
-ffi::Error Fwht(ffi::Buffer<D> x, ffi::ResultBuffer<D> y, double scale) {
+ffi::Error Fwht(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::ResultBuffer<D> y, double scale,
+                bool parallel) {
   typedef ffi::NativeType<D> T;
   auto dims = x.dimensions();
   if (dims.size() < 2) {
@@ -253,14 +296,22 @@ ffi::Error Fwht(ffi::Buffer<D> x, ffi::ResultBuffer<D> y, double scale) {
   T* out = y->typed_data();
   const T s = static_cast<T>(scale);
   const int64_t row = n * post;
-  for (int64_t r = 0; r < pre; ++r) {
-    if (post != 1) {
-      StridedTransform<T>(in + r * row, out + r * row, n, post, s);
-    } else if (n >= Vec<T>::kLanes) {
-      RowTransform<T>(in + r * row, out + r * row, n, s);
-    } else {
-      ShortRowTransform<T>(in + r * row, out + r * row, n, s);
+  auto rows = [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (post != 1) {
+        StridedTransform<T>(in + r * row, out + r * row, n, post, s);
+      } else if (n >= Vec<T>::kLanes) {
+        RowTransform<T>(in + r * row, out + r * row, n, s);
+      } else {
+        ShortRowTransform<T>(in + r * row, out + r * row, n, s);
+      }
     }
+  };
+  if (parallel) {
+    // Chunks of at least 2^16 elements: smaller ones cost more to schedule than to transform.
+    ParallelFor(pool, pre, std::max<int64_t>(1, (int64_t{1} << 16) / row), rows);
+  } else {
+    rows(0, pre);
   }
   return ffi::Error::Success();
 }
@@ -269,12 +320,16 @@ ffi::Error Fwht(ffi::Buffer<D> x, ffi::ResultBuffer<D> y, double scale) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastnetsFwhtF32, Fwht<ffi::F32>,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<double>("scale"));
+                                  .Attr<double>("scale")
+                                  .Attr<bool>("parallel"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FastnetsFwhtF64, Fwht<ffi::F64>,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F64>>()
                                   .Ret<ffi::Buffer<ffi::F64>>()
-                                  .Attr<double>("scale"));
+                                  .Attr<double>("scale")
+                                  .Attr<bool>("parallel"));
