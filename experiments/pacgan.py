@@ -35,6 +35,10 @@ each channel of 26,000 samples; modes hit out of 1,000 and KL to uniform. Deviat
 generator and discriminator are narrower than the paper's DCGAN, the digits are the 8,000
 bundled training digits (not all 70,000), and D and G update simultaneously once per step (the
 paper's DCGAN code updates D once and G twice).
+
+Checkpoints: with `checkpoint_every` > 0 (the full setting: every 20,000 steps) each training
+program checkpoints under --workdir/train/<variant>, and a rerun resumes it exactly (same keys per
+step); the reported train time then covers only the resumed part.
 """
 
 import math
@@ -52,6 +56,7 @@ from fastnets.models import pacgan as pacgan_models
 from fastnets.nn.packing import Packed
 from fastnets.ops import gan_metrics
 from fastnets.train import gan as gan_train
+from fastnets.train.checkpoint import check_or_record_run_config
 
 NAME = "pacgan"
 
@@ -75,6 +80,7 @@ DEFAULTS = {
     "num_points": 100_000,
     "eval_samples": 2500,
     "chunk_size": 500,              # steps per lax.scan chunk
+    "checkpoint_every": 20_000,     # steps between checkpoints under --workdir/train (0: none)
     "verbose": True,
     # Stacked MNIST (--task=stacked_mnist).
     "sm_steps": 100_000,            # 50 epochs of 128,000 stacks at batch 64
@@ -90,8 +96,8 @@ DEFAULTS = {
     "classifier_steps": 400,
 }
 QUICK = {"seeds": 3, "steps": 8000, "gen_hidden": 64, "disc_hidden": 64,
-         "learning_rate": 2e-3, "lr_schedule": "cosine"}
-SMOKE = {"seeds": 1, "steps": 4, "chunk_size": 2, "gen_hidden": 8, "gen_depth": 2,
+         "learning_rate": 2e-3, "lr_schedule": "cosine", "checkpoint_every": 0}
+SMOKE = {"seeds": 1, "steps": 4, "chunk_size": 2, "checkpoint_every": 0, "gen_hidden": 8, "gen_depth": 2,
          "disc_hidden": 8, "disc_pieces": 2, "disc_depth": 2, "degrees": [1, 2],
          "num_points": 1000, "eval_samples": 200, "verbose": False,
          "sm_steps": 2, "sm_batch_size": 8, "sm_features": 4, "sm_num_examples": 256,
@@ -140,6 +146,20 @@ def _say(config, msg):
     print(msg, flush=True)
 
 
+def _train_workdir(config: dict, name: str):
+  """`--workdir/train/<name>` for checkpoints of one training program (None when disabled).
+
+  The run's configuration is recorded there; a rerun with a different one (other than the
+  verbosity) stops with an error instead of resuming a mismatched state.
+  """
+  if not config["workdir"] or not config["checkpoint_every"]:
+    return None
+  workdir = os.path.join(config["workdir"], "train", name)
+  check_or_record_run_config(workdir, config, ignore=("verbose",),
+                             has_checkpoint=os.path.isdir(os.path.join(workdir, "checkpoints")))
+  return workdir
+
+
 def _train_synthetic_degree(config: dict, degree: int, datasets: list) -> dict:
   """Trains every (dataset, seed) run of one pack degree in one vmapped program."""
   gan_cfg = gan_train.GANConfig(batch_size=config["batch_size"], z_dim=2, noise="normal",
@@ -165,7 +185,8 @@ def _train_synthetic_degree(config: dict, degree: int, datasets: list) -> dict:
   states, history = gan_train.train_gan(
       step, states, jnp.asarray(points), train_keys, config["steps"],
       chunk_size=config["chunk_size"], replicas=len(runs), label=variant_name(degree),
-      verbose=config["verbose"])
+      verbose=config["verbose"], workdir=_train_workdir(config, variant_name(degree)),
+      checkpoint_every=config["checkpoint_every"])
   train_time = time.time() - t0
   samples = np.asarray(jax.jit(jax.vmap(
       lambda st, k: gan_train.generate(generator, st, k, config["eval_samples"], gan_cfg)))(
@@ -306,7 +327,9 @@ def _run_stacked_mnist(config: dict, timer) -> dict:
       t0 = time.time()
       state, _ = gan_train.train_gan(step, state, data, jax.random.fold_in(key, 1),
                                      config["sm_steps"], chunk_size=config["chunk_size"],
-                                     label=variant, verbose=config["verbose"])
+                                     label=variant, verbose=config["verbose"],
+                                     workdir=_train_workdir(config, f"{variant}_seed{seed}"),
+                                     checkpoint_every=config["checkpoint_every"])
       timing[f"{variant}/seed{seed}"] = time.time() - t0
       gen = jax.jit(lambda st, k: gan_train.generate(generator, st, k, 1000, gan_cfg))
       n = config["sm_eval_samples"]

@@ -17,6 +17,7 @@ from fastnets.nn.packing import Packed, packed
 from fastnets.ops import gan as gan_ops
 from fastnets.ops import gan_metrics
 from fastnets.ops import packing as P
+from fastnets import train
 from fastnets.train import gan
 
 
@@ -302,6 +303,29 @@ def test_scan_chunks_and_vmapped_replicas_match_single_steps():
                          two.g_params["Dense_0"]["kernel"][1])
   samples = gan.generate(g, ref, jax.random.key(3), 11, cfg)
   assert samples.shape == (11, 2)
+
+
+def test_gan_run_resumes_from_its_checkpoint_exactly(tmp_path):
+  g, d, cfg = _tiny(2)
+  data = jnp.asarray(synthetic.make_ring(num_points=500).points)
+  step = gan.make_gan_step(g, d, cfg)
+  s0 = gan.init_gan_state(g, d, cfg, jax.random.key(0), (2,))
+  key = jax.random.key(4)
+  full, full_hist = gan.train_gan(step, s0, data, key, 6, chunk_size=2, verbose=False)
+  # Stopped after 4 steps (checkpoints at 2 and 4), then rerun to 6 in the same workdir.
+  wd = str(tmp_path / "run")
+  gan.train_gan(step, s0, data, key, 4, chunk_size=2, verbose=False, workdir=wd,
+                checkpoint_every=2)
+  lines = []
+  resumed, hist = gan.train_gan(step, s0, data, key, 6, chunk_size=2, workdir=wd, log=lines.append)
+  assert lines[0].startswith("[gan] resumed from step 4")
+  assert [h["step"] for h in hist] == [2, 4, 6] and int(resumed.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, resumed, full)
+  np.testing.assert_allclose(hist[-1]["d_loss"], full_hist[-1]["d_loss"])
+  with pytest.raises(train.WorkdirMismatchError, match="chunk_size"):
+    gan.train_gan(step, s0, data, key, 8, chunk_size=4, verbose=False, workdir=wd)
+  with pytest.raises(ValueError, match="needs a workdir"):
+    gan.train_gan(step, s0, data, key, 2, checkpoint_every=2)
 
 
 def test_gan_config_validation():

@@ -276,8 +276,15 @@ def _format_time(seconds: float) -> str:
 
 def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *,
               chunk_size: int = 500, replicas: Optional[int] = None, label: str = "gan",
-              verbose: bool = True, log: Callable[[str], None] = None) -> tuple[GANState, list]:
+              verbose: bool = True, log: Callable[[str], None] = None,
+              workdir: Optional[str] = None,
+              checkpoint_every: int = 0) -> tuple[GANState, list]:
   """Runs `num_steps` GAN steps in jit-compiled `lax.scan` chunks; returns (state, history).
+
+  With `workdir`, the state and history are checkpointed (orbax, `workdir/checkpoints`) every
+  `checkpoint_every` steps (rounded up to whole chunks; 0: only at the end), and a rerun with the
+  same workdir resumes from the latest checkpoint. Step t's key is `fold_in(key, t)` and chunks
+  end at multiples of `chunk_size`, so a resumed run equals an uninterrupted one.
 
   Args:
     gan_step: from `make_gan_step`.
@@ -291,6 +298,8 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
     label: prefix of the progress lines.
     verbose: print one progress line per chunk: step, steps/s, ETA, losses.
     log: where progress lines go (default print with flush).
+    workdir: directory for checkpoints (None: none).
+    checkpoint_every: steps between checkpoints (0: at the end only); needs `workdir`.
 
   Returns:
     (final state, history: one dict per chunk with "step", "steps_per_sec" and the mean metrics
@@ -298,13 +307,20 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
 
   Raises:
     FloatingPointError (`fastnets.train.NonFiniteLossError`): a loss became NaN/Inf.
+    fastnets.train.WorkdirMismatchError: `workdir` holds a run with another label, chunk size or
+      replica count.
   """
+  from fastnets.train.checkpoint import Checkpointer, WorkdirMismatchError
   from fastnets.train.loop import NonFiniteLossError
 
   if num_steps < 0 or chunk_size < 1:
     raise ValueError(f"num_steps must be >= 0 and chunk_size >= 1, got {num_steps}, {chunk_size}.")
+  if checkpoint_every < 0 or (checkpoint_every and not workdir):
+    raise ValueError(f"checkpoint_every must be >= 0 and needs a workdir, got {checkpoint_every} "
+                     f"with workdir={workdir!r}.")
   log = log or (lambda msg: print(msg, flush=True))
   compiled = {}
+  run_meta = {"label": label, "chunk_size": chunk_size, "replicas": replicas or 0}
 
   def get_chunk(n):
     if n not in compiled:
@@ -312,8 +328,21 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
       compiled[n] = jax.jit(jax.vmap(fn) if replicas else fn)
     return compiled[n]
 
-  history, done, t_start = [], 0, time.time()
-  t_window = t_start
+  history, done = [], 0
+  ckpt = Checkpointer(workdir) if workdir else None
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(ckpt.latest_step(), state)
+    recorded = {k: meta.get(k) for k in run_meta}
+    if recorded != run_meta:
+      raise WorkdirMismatchError(
+          f"workdir {workdir!r} holds a GAN run with {recorded}, this run has {run_meta}. Use a "
+          "new workdir, or delete this one to start over.")
+    done, history = int(meta["step"]), list(meta["history"])
+    if verbose:
+      log(f"[{label}] resumed from step {done} in {ckpt.directory}")
+  last_saved = done
+  t_start = time.time()
+  t_window, start = t_start, done
   while done < num_steps:
     n = min(chunk_size, num_steps - done)
     state, metrics, finite = get_chunk(n)(state, data, key)
@@ -328,12 +357,18 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
     record = {"step": done, "steps_per_sec": rate,
               **{k: np.asarray(v).tolist() for k, v in metrics.items()}}
     history.append(record)
+    if ckpt is not None and (done == num_steps or (
+        checkpoint_every and done - last_saved >= checkpoint_every)):
+      ckpt.save(done, state, {**run_meta, "step": done, "history": history})
+      last_saved = done
     if verbose:
-      eta = (num_steps - done) / max(done / max(now - t_start, 1e-9), 1e-9)
+      eta = (num_steps - done) / max((done - start) / max(now - t_start, 1e-9), 1e-9)
       losses = "  ".join(f"{k} {np.mean(v):.3f}" for k, v in metrics.items())
       extra = f" x{replicas} runs" if replicas else ""
       log(f"[{label}] step {done}/{num_steps}  {rate:.0f} steps/s{extra}  "
           f"ETA {_format_time(eta)}  {losses}")
+  if ckpt is not None:
+    ckpt.close()
   return state, history
 
 
