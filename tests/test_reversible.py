@@ -225,6 +225,18 @@ def test_gradients_equal_plain_autodiff_float32(with_key):
       assert np.allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
+def test_unrolled_scan_gives_the_same_values_and_gradients():
+  params = stacked_params(0, 5, 4)
+  x = normal(1, (7, 8))
+  looped, unrolled = (jax.jit(lambda p, x, u=u: vjp_with_cotangent(
+      lambda p, x: reversible_sequence(mlp, mlp, p, x, unroll=u), (p, x)))(params, x)
+      for u in (1, True))
+  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(unrolled)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="unroll"):
+    reversible_sequence(mlp, mlp, params, x, unroll=0)
+
+
 def test_gradients_list_form_equal_stacked():
   depth, half = 3, 4
   params = stacked_params(0, depth, half)

@@ -279,6 +279,58 @@ def test_init_is_variance_preserving(layer):
   assert 0.7 < np.mean(y_var) < 1.3, y_var
 
 
+@pytest.mark.parametrize("in_f,out_f,rank,blocks", BT_CASES)
+def test_bt_sqnorm_matches_dense(in_f, out_f, rank, blocks):
+  with jax.enable_x64(True):
+    factors, cores = _np_bt(5, in_f, out_f, rank, blocks)
+    w = _bt_reference(factors, cores)
+    np.testing.assert_allclose(tf.bt_sqnorm(factors, cores), np.sum(w ** 2), rtol=1e-11)
+    rescaled = tf.bt_rescale_to_norm(factors, cores, scale=0.5)
+    w2 = np.asarray(tf.bt_dense(factors, rescaled))
+    np.testing.assert_allclose(np.mean(w2 ** 2) * math.prod(in_f), 0.5, rtol=1e-11)
+
+
+@pytest.mark.parametrize("in_f,out_f,ranks", TT_CASES)
+def test_tt_sqnorm_matches_dense(in_f, out_f, ranks):
+  with jax.enable_x64(True):
+    cores = _np_tt(6, in_f, out_f, ranks)
+    np.testing.assert_allclose(tf.tt_sqnorm(cores), np.sum(_tt_reference(cores) ** 2),
+                               rtol=1e-11)
+    last = tf.tt_rescale_to_norm(cores, scale=2.0)
+    w2 = np.asarray(tf.tt_dense(cores[:-1] + [last]))
+    np.testing.assert_allclose(np.mean(w2 ** 2) * math.prod(in_f), 2.0, rtol=1e-11)
+
+
+def test_exact_init_norm_every_seed():
+  # With one Tucker rank the single core entry scales all of W: without the rescaling the
+  # realised mean square varies by orders of magnitude between seeds; with it, it is 1 / I.
+  # (bt_sqnorm / tt_sqnorm are checked against the materialised W above; building W here
+  # would compile for seconds.)
+  in_f, out_f = (4, 7, 4, 7), (8, 4, 2, 4)
+  x = jnp.ones((1, 784))
+  layers = {"bt_r1": tl.BTLinear(in_f, out_f, 1, 1), "bt_r2c2": tl.BTLinear(in_f, out_f, 2, 2),
+            "tt": tl.TTLinear(in_f, out_f, 3),
+            "bt_r1_plain": tl.BTLinear(in_f, out_f, 1, 1, exact_init_norm=False)}
+
+  def mean_sq(params):
+    if "core" in params:
+      sq = tf.bt_sqnorm([params[f"factor_{n}"] for n in range(4)], params["core"])
+    else:
+      sq = tf.tt_sqnorm([params[f"core_{n}"] for n in range(4)])
+    return float(sq) / (784 * 256) * 784
+
+  ratios = {name: np.array([mean_sq(layer.init(jax.random.key(s), method=lambda m: m.bias)["params"])
+                            for s in range(4)]) for name, layer in layers.items()}
+  for name in ("bt_r1", "bt_r2c2", "tt"):
+    np.testing.assert_allclose(ratios[name], 1.0, rtol=1e-4, err_msg=name)
+  assert np.ptp(np.log(ratios["bt_r1_plain"])) > 0.5, ratios["bt_r1_plain"]
+  # The ops initialisers do the same.
+  factors, cores = tf.bt_init(jax.random.key(3), in_f, out_f, 1, 1, scale=2.0)
+  np.testing.assert_allclose(float(tf.bt_sqnorm(factors, cores)) / 256, 2.0, rtol=1e-4)
+  tt = tf.tt_init(jax.random.key(3), in_f, out_f, 2, scale=2.0)
+  np.testing.assert_allclose(float(tf.tt_sqnorm(tt)) / 256, 2.0, rtol=1e-4)
+
+
 def test_float32_and_bfloat16_dtypes():
   layer = tl.BTLinear((4, 4), (2, 8), dtype=jnp.bfloat16)
   x = jnp.ones((3, 16), jnp.float32)

@@ -150,6 +150,9 @@ class RevNet(nn.Module):
     backprop: backward pass of the reversible stacks: "reversible" (rebuild activations, the
       point of RevNet), "store" (plain autodiff of the same network, the reference) or
       "checkpoint".
+    unroll: `lax.scan` unroll of each reversible stack (True: no loop; much faster on XLA:CPU,
+      whose convolution gradients inside loops are slow; compile time grows with depth and
+      the memory saving is lost: see `fastnets.ops.reversible_sequence`).
   """
   num_classes: int = 10
   units: Sequence[int] = (3, 3, 3)
@@ -157,6 +160,7 @@ class RevNet(nn.Module):
   bottleneck: bool = False
   strides: Sequence[int] = (1, 2, 2)
   backprop: str = "reversible"
+  unroll: int | bool = 1
 
   @property
   def depth(self) -> int:
@@ -187,7 +191,8 @@ class RevNet(nn.Module):
                         name=f"stage{s + 1}_transition")(x, train)
       if units > 1:
         x = ReversibleStack(RevResidualFn(width // 2, self.bottleneck), num_blocks=units - 1,
-                            backprop=self.backprop, name=f"stage{s + 1}_reversible")(x, train)
+                            backprop=self.backprop, unroll=self.unroll,
+                            name=f"stage{s + 1}_reversible")(x, train)
     x = nn.relu(_norm(train, "final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)

@@ -119,7 +119,7 @@ def _call(module, x, train: bool, stacked: bool):
     fs, gs, params = [f_fn], [g_fn], [(f_vars, g_vars)]
   y, aux = reversible_sequence(fs, gs, params, x, key=_key(module, train), axis=module.axis,
                                has_aux=True, num_blocks=module.num_blocks if stacked else None,
-                               backprop=module.backprop)
+                               backprop=module.backprop, unroll=getattr(module, "unroll", 1))
   # Exactly one update per call, with the forward pass's values; none during init (as BatchNorm).
   if not module.is_initializing():
     f_new, g_new = aux if stacked else aux[0]
@@ -165,6 +165,9 @@ class ReversibleStack(nn.Module):
     backprop: "reversible" (default), "store" (plain autodiff, the reference) or "checkpoint"
       (`jax.checkpoint` per block).
     rng_collection: rng stream whose key drives randomness in F and G in training ("dropout").
+    unroll: `lax.scan` unroll of the block loop (True: none): much faster on XLA:CPU, whose
+      convolution gradients inside loops are slow, but it may give up the memory saving (see
+      `fastnets.ops.reversible_sequence`).
 
   Call: `__call__(x, train=False)`, x float with an even size along `axis`; returns an array of
   x's shape. In training with batch norm, apply with `mutable=["batch_stats"]`.
@@ -175,6 +178,7 @@ class ReversibleStack(nn.Module):
   axis: int = -1
   backprop: str = "reversible"
   rng_collection: str = "dropout"
+  unroll: int | bool = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -5,7 +5,8 @@ factor (2) and every convolution kernel pooled (3x3 -> 2x2, `fastnets.nn.pooled_
 gradient reaches the full-size kernels through the pooling. The other batches run normally and
 refine the full-resolution network. Which batches are downsampled is a schedule: every k-th
 batch, each batch with probability p (a host RNG seeded by (seed, step), so deterministic in the
-step and exactly resumable), or the first fraction of training.
+step and exactly resumable), or the first fraction of training; any of them can be followed by a
+final phase of full-size steps only (`Until`).
 
 Use with `fastnets.train.fit` (two compiled train steps, each compiled once and reused):
 
@@ -99,6 +100,30 @@ class Phase(Schedule):
     return step < int(round(self.fraction * self.total_steps))
 
 
+@dataclasses.dataclass(frozen=True)
+class Until(Schedule):
+  """`base` for the first `fraction` of `total_steps` steps, then only full-size steps.
+
+  A final full-resolution phase: the interleaved schedules (every k, probability p) otherwise
+  keep downsampling up to the last, small-learning-rate steps, which then move the weights
+  towards what suits the pooled network instead of the full one that is evaluated.
+  """
+  base: Schedule
+  fraction: float
+  total_steps: int
+
+  def __post_init__(self):
+    if not isinstance(self.base, Schedule):
+      raise ValueError(f"base must be a Schedule, got {self.base!r}.")
+    if not 0.0 <= self.fraction <= 1.0:
+      raise ValueError(f"until fraction must be in [0, 1], got {self.fraction!r}.")
+    if self.total_steps <= 0:
+      raise ValueError(f"total_steps must be positive, got {self.total_steps!r}.")
+
+  def __call__(self, step: int) -> bool:
+    return step < int(round(self.fraction * self.total_steps)) and bool(self.base(step))
+
+
 def every_k(k: int, full_every: bool = False) -> EveryK:
   """Every k-th batch downsampled (or, with full_every, every k-th batch full)."""
   return EveryK(k, full_every)
@@ -119,14 +144,26 @@ def parse_schedule(spec: str, total_steps: int, seed: int = 0) -> Schedule:
 
   Args:
     spec: "none"; "every:K" (every K-th batch downsampled); "full_every:K" (every K-th batch
-      full, the others downsampled); "prob:P"; "phase:F" (the first fraction F of training).
-    total_steps: the run's number of steps (for "phase").
+      full, the others downsampled); "prob:P"; "phase:F" (the first fraction F of training);
+      any of these followed by ",until:U" (the schedule for the first fraction U of training,
+      then only full steps; `Until`), e.g. "every:2,until:0.6".
+    total_steps: the run's number of steps (for "phase" and "until").
     seed: the host RNG seed (for "prob").
 
   Raises:
     ValueError: an unknown or malformed spec, naming the accepted forms.
   """
-  forms = "'none', 'every:K', 'full_every:K', 'prob:P' or 'phase:F'"
+  forms = "'none', 'every:K', 'full_every:K', 'prob:P' or 'phase:F', optionally + ',until:U'"
+  spec, comma, suffix = spec.partition(",")
+  if comma:
+    word, _, arg = suffix.partition(":")
+    if word != "until" or not arg:
+      raise ValueError(f"bad schedule suffix {suffix!r}; expected {forms}.")
+    try:
+      fraction = float(arg)
+    except ValueError:
+      raise ValueError(f"bad schedule suffix {suffix!r}; expected {forms}.") from None
+    return Until(parse_schedule(spec, total_steps, seed), fraction, total_steps)
   kind, _, arg = spec.partition(":")
   try:
     if kind == "none" and not arg:
