@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import pathlib
 import platform
@@ -34,6 +35,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = ["NativeBuildError", "available", "build_error", "fwht_native", "library_path"]
 
@@ -183,6 +186,57 @@ def fwht_native(x: jax.Array, scale: float = 1.0, parallel: bool = True) -> jax.
   n = x.shape[-2]
   if n < 1 or n & (n - 1):
     raise ValueError(f"fwht_native: x.shape[-2] must be a power of two, got {n}")
-  call = jax.ffi.ffi_call(_TARGETS[dtype][0], jax.ShapeDtypeStruct(x.shape, dtype),
-                          vmap_method="broadcast_all")
-  return call(x, scale=np.float64(scale), parallel=bool(parallel))
+  shape = x.shape
+  y = _fwht_batched(x.reshape((math.prod(shape[:-2]), n, shape[-1])), float(scale), bool(parallel))
+  return y.reshape(shape)
+
+
+def _ffi_call(x, scale: float, parallel: bool):
+  call = jax.ffi.ffi_call(_TARGETS[jnp.dtype(x.dtype)][0], jax.ShapeDtypeStruct(x.shape, x.dtype))
+  return call(x, scale=np.float64(scale), parallel=parallel)
+
+
+# Sharding. XLA's SPMD partitioner knows nothing of a custom call and would all-gather its operand
+# and replicate the result, silently turning a data-parallel program into a replicated one.
+# `custom_partitioning` says what the kernel allows: any sharding of the rows (axis 0) and of the
+# trailing axis; the transformed axis n must be whole on every device.
+@functools.partial(custom_partitioning, static_argnums=(1, 2))
+def _fwht_partitioned(x, scale, parallel):
+  return _ffi_call(x, scale, parallel)
+
+
+def _row_sharding(mesh, arg_shapes):
+  spec = tuple(arg_shapes[0].sharding.spec)
+  spec += (None,) * (3 - len(spec))
+  return NamedSharding(mesh, PartitionSpec(spec[0], None, spec[2]))
+
+
+def _infer_sharding(scale, parallel, mesh, arg_shapes, result_shape):
+  del scale, parallel, result_shape
+  return _row_sharding(mesh, arg_shapes)
+
+
+def _partition(scale, parallel, mesh, arg_shapes, result_shape):
+  del result_shape
+  sharding = _row_sharding(mesh, arg_shapes)
+  return mesh, lambda x: _ffi_call(x, scale, parallel), sharding, (sharding,)
+
+
+_fwht_partitioned.def_partition(
+    infer_sharding_from_operands=_infer_sharding, partition=_partition,
+    sharding_rule="rows n post -> rows n post", need_replication_factors=("n",))
+
+
+def _fwht_batched(x, scale: float, parallel: bool):
+  """`_fwht_partitioned` with a vmap rule (custom_partitioning has none): batch axes join rows."""
+
+  @jax.custom_batching.custom_vmap
+  def call(x):
+    return _fwht_partitioned(x, scale, parallel)
+
+  @call.def_vmap
+  def _rule(axis_size, in_batched, x):  # pylint: disable=unused-variable
+    del axis_size, in_batched  # x is batched along axis 0: (batch, rows, n, post).
+    return call(x.reshape((-1,) + x.shape[2:])).reshape(x.shape), True
+
+  return call(x)

@@ -225,6 +225,27 @@ def test_auto_is_native_on_cpu_and_vmap_works():
   np.testing.assert_allclose(np.asarray(y), _ref(x, 2), rtol=1e-5, atol=1e-4)
 
 
+def test_native_keeps_data_parallel_sharding_on_four_devices():
+  # Without a partitioning rule XLA would all-gather the custom call's operand and replicate it.
+  out = run_python("""
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from fastnets import ops
+mesh = Mesh(np.array(jax.devices()), ("data",))
+xn = np.random.default_rng(0).standard_normal((16, 4, 64)).astype(np.float32)
+x = jax.device_put(jnp.asarray(xn), NamedSharding(mesh, P("data")))
+f = jax.jit(lambda v: ops.fwht(v, axis=-1, impl="native"))
+y = f(x)
+assert y.sharding.spec == P("data"), y.sharding
+assert "all-gather" not in f.lower(x).compile().as_text()
+np.testing.assert_allclose(np.asarray(y), np.asarray(ops.fwht(xn, impl="xla")), rtol=1e-5, atol=1e-4)
+g = jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(ops.fwht(v, axis=1, impl="native")))))(x)
+assert g.sharding.spec == P("data"), g.sharding
+print("ok")
+""", devices=4)
+  assert "ok" in out
+
+
 def test_native_disabled_falls_back_to_xla_and_native_raises():
   out = run_python("""
 import warnings, jax, jax.numpy as jnp
