@@ -77,6 +77,19 @@ task), and BT-LSTM and TT-LSTM at the same budget are within the seed spread of 
 The quick setting is therefore the converged, tuned comparison on the full 8,000 training
 sequences, which is the fairest one this task offers.
 
+**Speed** (the issue's other target; `experiments/bench_bt_rnn.py`, one jitted Adam step, input
+784, hoisted projections, medians of interleaved runs on the shared 2-core CPU, 2026-11-22):
+hidden 256, batch 32, BT R = 2, C = 1 (the benchmark's default; `--quick --modes=hoisted`):
+BT-LSTM 1.58x faster than the LSTM with `tensor_optimize="size"` (9.4 vs 15.0 ms), 1.20x with
+the FLOP-optimal order (12.4 ms); at input 4096 2.37x / 1.87x. The gain shrinks with the BT
+size: hidden 256, BT R = 4, C = 2 (`--tucker_rank=4 --num_blocks=2`): 1.02x with "size",
+0.37x (41 ms) with "optimal"; and at this experiment's quick size (hidden 64, batch 64, R = 4,
+C = 2: `--hidden=64 --hidden_factors=2,4,2,4 --batch=64 --tucker_rank=4 --num_blocks=2
+--tt_rank=5 --input_dims=784`) the dense 784 x 256 map is cheap and the BT-LSTM step is SLOWER:
+0.73x with "size" (4.1 vs 3.0 ms), 0.27x with "optimal". "size" was the faster BT order in
+every case measured, hence `tensor_optimize="size"` here; the steps_per_sec in results.json
+include the training loop's host work and the machine's other load, not a benchmark.
+
 Quick setting (QUICK): hidden 64 = 2 x 4 x 2 x 4, 8,000 training sequences, 1,000 steps of
 batch 64, three seeds, LSTM vs TT-LSTM (budget of bt_lstm_r4_c2) vs BT-LSTM R = 2, 4 and R = 4
 with C = 2 blocks (the largest BT map under the 100x budget: 1,536 <= 200,960 / 100).
@@ -512,8 +525,11 @@ def report_rows(results: dict) -> list[dict]:
   m = results["metrics"]
   cfg = results["config"]
   n_seeds = len(cfg["seeds"])
+  lr = cfg["learning_rate"]
+  lr_note = (f", Adam lr dense {lr:g} / BT {cfg.get('bt_learning_rate') or lr:g} / TT "
+             f"{cfg.get('tt_learning_rate') or lr:g}")
   setting = (f"{n_seeds} seed(s), {cfg['steps']} steps, hidden {cfg['hidden']}, "
-             f"task {cfg['task']} on {cfg['dataset']}")
+             f"task {cfg['task']} on {cfg['dataset']}{lr_note}")
   bts = [k for k in m if isinstance(m[k], dict) and k.startswith("bt_lstm")]
   rows = []
   if "lstm" in m and bts:

@@ -100,11 +100,27 @@ def test_model_names_and_tt_budget_matching():
       bt_rnn.parse_model_name(bad)
   config = common.merge_config(bt_rnn.DEFAULTS, bt_rnn.QUICK)
   rank, target = bt_rnn.matched_tt_rank(config)
-  assert target == "bt_lstm_r4"
+  assert target == "bt_lstm_r4_c2"  # The largest BT map of the quick setting.
   budget = bt_rnn.model_input_params(target, config)
   cost = lambda r: abs(bt_rnn.model_input_params(f"tt_lstm_r{r}", config) - budget)
   assert all(cost(rank) <= cost(r) for r in range(1, 10))
   assert bt_rnn.matched_tt_rank({**config, "tt_rank": 7}) == (7, None)
+
+
+def test_per_model_learning_rates():
+  config = common.merge_config(bt_rnn.DEFAULTS, {"learning_rate": 1e-3, "bt_learning_rate": 1e-2,
+                                                 "tt_learning_rate": 0.0})
+  assert bt_rnn.model_learning_rate("lstm", config) == 1e-3
+  assert bt_rnn.model_learning_rate("gru", config) == 1e-3
+  assert bt_rnn.model_learning_rate("bt_lstm_r4_c2", config) == 1e-2
+  assert bt_rnn.model_learning_rate("bt_gru_r2", config) == 1e-2
+  assert bt_rnn.model_learning_rate("tt_lstm", config) == 1e-3  # 0: the dense rate.
+  # Every quick model is in the compression regime the issue asks for (>= 100x, bias included).
+  quick = common.merge_config(bt_rnn.DEFAULTS, bt_rnn.QUICK)
+  dense = bt_rnn.model_input_params("lstm", quick) + 4 * quick["hidden"]
+  for name in quick["models"]:
+    if name.startswith("bt_"):
+      assert dense / (bt_rnn.model_input_params(name, quick) + 4 * quick["hidden"]) >= 100, name
 
 
 def test_frame_model_matches_the_sequence_classifier():

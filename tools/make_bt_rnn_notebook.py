@@ -2,10 +2,11 @@
 
     python tools/make_bt_rnn_notebook.py   # from the repository root
 """
-import nbformat as nbf
+import nbcommon  # tools/nbcommon.py: shared cells and writer
+from nbcommon import code, md, setup_cell
 
 cells = [
-    nbf.v4.new_markdown_cell(
+    md(
         "# Block-Term RNNs: compact input-to-hidden maps\n\n"
         "BT-RNN (Ye et al. 2018, CVPR) replaces the huge input-to-hidden matrix of an RNN on "
         "high-dimensional frames by a **Block-Term** matrix: the dimensions are factored, "
@@ -19,23 +20,18 @@ cells = [
         "**Install.** From a checkout of the repository: `pip install -e .` (on Colab: clone the "
         "repository, `%cd` into it and run `%pip install -e .`). Set `FASTNETS_SMOKE=1` to run "
         "every cell in seconds (the notebook test does)."),
-    nbf.v4.new_code_cell(
-        "import os, sys\n"
-        "# Make the repository's experiments/ importable when the notebook runs from colabs/.\n"
-        "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-        "sys.path.insert(0, REPO)\n"
-        "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n"
+    setup_cell("import os, sys",
         "import jax, jax.numpy as jnp, numpy as np, optax\n"
         "import matplotlib.pyplot as plt\n"
         "from fastnets import ops\n"
         "print('jax', jax.__version__, '|', jax.devices())"),
-    nbf.v4.new_markdown_cell(
+    md(
         "## x W without W\n"
         "A 784 x 256 map with input factors 4 x 7 x 4 x 7 (rows and columns of a 28 x 28 frame) "
         "and output factors 4 x 4 x 4 x 4, Tucker rank 2, 2 blocks. `bt_matmul` agrees with the "
         "product by the materialised matrix (`bt_dense`), and `bt_matmul_flops` shows the "
         "contraction order and its cost against the dense product."),
-    nbf.v4.new_code_cell(
+    code(
         "IN_F, OUT_F = (4, 7, 4, 7), (4, 4, 4, 4)\n"
         "factors, cores = ops.bt_init(jax.random.key(0), IN_F, OUT_F, rank=2, num_blocks=2)\n"
         "x = jax.random.normal(jax.random.key(1), (32, 784))\n"
@@ -45,7 +41,7 @@ cells = [
         "print('parameters:', ops.bt_num_params(IN_F, OUT_F, 2, 2), 'instead of', W.size)\n"
         "plan = ops.bt_matmul_flops(32, IN_F, OUT_F, 2, 2)\n"
         "print(f'FLOPs {plan.flops:,} vs dense {plan.dense_flops:,}; order {plan.path}')"),
-    nbf.v4.new_markdown_cell(
+    md(
         "## Factor a dense matrix into Block-Term form\n"
         "The target: a 784 x 256 matrix made of a Block-Term matrix of rank 3 with 2 blocks plus "
         "5% noise (relative Frobenius norm), so a good fit of rank >= 3 reaches about the noise "
@@ -54,7 +50,7 @@ cells = [
         "record the parameter count. The same for Tensor-Train matrices of similar sizes. The "
         "target is Block-Term by construction, which favours BT over TT here; a random dense "
         "matrix has no such structure, and no format this small fits it well."),
-    nbf.v4.new_code_cell(
+    code(
         "k1, k2 = jax.random.split(jax.random.key(2))\n"
         "planted = ops.bt_dense(*ops.bt_init(k1, IN_F, OUT_F, rank=3, num_blocks=2))\n"
         "noise = jax.random.normal(k2, planted.shape)\n"
@@ -90,7 +86,7 @@ cells = [
         "for fmt, rank, n, err in rows:\n"
         "  print(f'{fmt} rank {rank}: {n:6,} parameters ({target.size / n:5.0f}x fewer), '\n"
         "        f'relative error {err:.3f}')"),
-    nbf.v4.new_code_cell(
+    code(
         "fig, ax = plt.subplots(figsize=(5, 3.5))\n"
         "for fmt, marker in (('BT', 'o'), ('TT', 's')):\n"
         "  pts = [(n, e, r) for f, r, n, e in rows if f == fmt]\n"
@@ -101,31 +97,34 @@ cells = [
         "ax.set(xscale='log', xlabel='parameters', ylabel='relative error',\n"
         "       title='fitting a 784 x 256 matrix')\n"
         "ax.legend(); plt.show()"),
-    nbf.v4.new_markdown_cell(
+    md(
         "## Train a small BT-LSTM\n"
         "`experiments.bt_rnn.run`: sequences of 8 MNIST frames, label = the digit that appears "
-        "3 times (the other 5 frames are different digits). The dense LSTM and a rank-2 BT-LSTM "
-        "(784 -> 4 x 64 input map) are trained with `fastnets.train.fit`."),
-    nbf.v4.new_code_cell(
+        "3 times (the other 5 frames are different digits). The dense LSTM and a BT-LSTM with "
+        "Tucker rank 4 and 2 blocks (784 -> 4 x 64 input map, 131x fewer parameters) are trained "
+        "with `fastnets.train.fit`, each at the learning rate the experiment's one sweep chose "
+        "for its kind (dense 1e-3, BT 1e-2: the BT factors are products of several tensors and "
+        "need a larger Adam step). This short run is an illustration; in the experiment's quick "
+        "setting (1,000 steps, 3 seeds) the BT-LSTM stays about 7 points below the dense LSTM "
+        "on this task (88.0% vs 94.8%): the issue's accuracy target is not met on MNIST frames, "
+        "see the docstring of `experiments/bt_rnn.py`."),
+    code(
         "from experiments import bt_rnn\n"
-        "config = {**bt_rnn.QUICK, 'workdir': '', 'models': ['lstm', 'bt_lstm_r2'], 'seeds': [0],\n"
-        "          'steps': 200, 'eval_every': 50}\n"
+        "config = {**bt_rnn.QUICK, 'workdir': '', 'models': ['lstm', 'bt_lstm_r4_c2'],\n"
+        "          'seeds': [0], 'steps': 300, 'eval_every': 50}\n"
         "if SMOKE:\n"
         "  config.update(train_sequences=64, val_sequences=40, hidden=16, hidden_factors=[2, 2, 2, 2],\n"
         "                steps=2, batch_size=16, eval_batch_size=40, log_every=1, eval_every=1)\n"
         "results = bt_rnn.run(config)\n"
         "for name in config['models']:\n"
         "  m = results['metrics'][name]\n"
-        "  print(f\"{name:12s} val accuracy {m['val_accuracy']:.3f} | input-map params \"\n"
+        "  print(f\"{name:14s} val accuracy {m['val_accuracy']:.3f} | input-map params \"\n"
         "        f\"{m['input_params']:,} | total params {m['total_params']:,}\")"),
-    nbf.v4.new_code_cell(
+    code(
         "fig, ax = plt.subplots(figsize=(5, 3.5))\n"
         "for name, hist in results['histories'].items():\n"
         "  pts = [(h['step'], h['val_accuracy']) for h in hist if 'val_accuracy' in h]\n"
         "  ax.plot(*zip(*pts), marker='o', label=name)\n"
         "ax.set(xlabel='step', ylabel='validation accuracy'); ax.legend(); plt.show()"),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"}})
-nbf.write(nb, "colabs/bt_rnn.ipynb")
+nbcommon.write(cells, "bt_rnn.ipynb")

@@ -418,6 +418,13 @@ def _rescale(x, sq, target):
   return (x * factor).astype(x.dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _normals(key, shapes, stds, dtype):
+  # One compiled computation for all the tensors (eager per-tensor draws compile one each).
+  keys = jax.random.split(key, len(shapes))
+  return tuple(s * jax.random.normal(k, shp, dtype) for k, shp, s in zip(keys, shapes, stds))
+
+
 # ---------------------------------------------------------------------------------------------
 # Einsum equations, contraction orders and FLOP counts.
 
