@@ -240,6 +240,10 @@ def test_schedules_choose_the_right_batches():
   assert dsm.every_k(4).downsampled_fraction(100) == 0.25
   choose = dsm.variant_chooser(dsm.every_k(2))
   assert [choose(s) for s in range(4)] == ["full", "downsampled", "full", "downsampled"]
+  until = dsm.Until(dsm.every_k(2), 0.6, 10)  # every 2nd batch up to step 6, then full only
+  assert [until(s) for s in range(10)] == [False, True, False, True, False, True] + [False] * 4
+  assert until.downsampled_fraction(10) == 0.3
+  assert not any(dsm.Until(dsm.with_probability(1.0), 0.0, 10)(s) for s in range(10))
 
 
 def test_parse_schedule_and_bad_specs():
@@ -248,8 +252,14 @@ def test_parse_schedule_and_bad_specs():
   assert dsm.parse_schedule("prob:0.5", 100, seed=2) == dsm.Probability(0.5, 2)
   assert dsm.parse_schedule("phase:0.25", 100) == dsm.Phase(0.25, 100)
   assert dsm.parse_schedule("none", 100) == dsm.Never()
+  assert dsm.parse_schedule("every:2,until:0.6", 100) == dsm.Until(dsm.EveryK(2), 0.6, 100)
+  assert dsm.parse_schedule("prob:0.5,until:0.5", 100, seed=2) == dsm.Until(
+      dsm.Probability(0.5, 2), 0.5, 100)
   for bad, msg in (("every:0", "k must be"), ("prob:1.5", "probability"), ("phase:x", "bad"),
-                   ("sometimes", "unknown schedule"), ("every", "bad schedule")):
+                   ("sometimes", "unknown schedule"), ("every", "bad schedule"),
+                   ("every:2,until", "bad schedule suffix"), ("every:2,after:0.5", "suffix"),
+                   ("every:2,until:x", "suffix"), ("every:2,until:1.5", "until fraction"),
+                   ("every:0,until:0.5", "k must be")):
     with pytest.raises(ValueError, match=msg):
       dsm.parse_schedule(bad, 100)
 
