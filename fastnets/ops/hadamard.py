@@ -22,9 +22,10 @@ against 6-9x for the butterfly. See `experiments/bench_fastfood.py` for the numb
 Native CPU path (the default on CPUs): `fastnets.kernels.native`, a SIMD radix-8 C++ kernel called
 as an XLA FFI custom call, compiled with the machine's C++ compiler on first use (about 3 s, cached).
 It makes one pass over memory per three butterfly levels, with the three smallest strides inside a
-register; on this project's CPU it is about as fast as FFHT (0.7-0.8x FFHT's time at n = 2^10 ..
-2^14, batch 256, one thread: `python -m experiments.bench_fastfood --quick`). Without a compiler,
-`impl="auto"` falls back to the XLA path with a warning.
+register, and spreads rows over XLA's CPU thread pool. On this project's 2-core CPU, batch 256,
+quiet machine, it took 0.59-0.68x FFHT's time on one thread at n = 2^10 .. 2^14, and 43x less time
+than the dense matmul at n = 4096 (`python -m experiments.bench_fastfood --quick`). Without a
+compiler, `impl="auto"` falls back to the XLA path with a warning.
 
 Pallas path: `fastnets.kernels.hadamard` (Triton backend), for GPUs; see there.
 """
