@@ -168,7 +168,7 @@ def fwht_native(x: jax.Array, scale: float = 1.0, parallel: bool = True) -> jax.
       of two.
     scale: a Python float multiplied into the result (1 / sqrt(n) for the orthonormal transform).
     parallel: spread the rows (the leading dimensions) over XLA's intra-op CPU thread pool, in
-      chunks of at least 2^16 elements; False runs on one thread.
+      chunks of at least 2^18 elements; False runs on one thread.
 
   Returns:
     Array of the shape and dtype of `x`.

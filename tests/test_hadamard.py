@@ -206,9 +206,9 @@ def test_native_float32_large_rows_match_xla(n):
 
 
 def test_native_parallel_rows_are_bitwise_the_single_thread_result():
-  # 300 rows of 1024: chunks of 64 rows, a ragged last chunk; several pool threads when available.
+  # 300 rows of 4096: chunks of 64 rows, a ragged last chunk; several pool threads when available.
   from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
-  x = jnp.asarray(np.random.default_rng(5).standard_normal((300, 1024, 1)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((300, 4096, 1)), jnp.float32)
   a = jax.jit(lambda v: native.fwht_native(v, 0.5, parallel=True))(x)
   b = jax.jit(lambda v: native.fwht_native(v, 0.5, parallel=False))(x)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
