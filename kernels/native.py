@@ -38,7 +38,8 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["NativeBuildError", "available", "build_error", "fwht_native", "library_path"]
+__all__ = ["NativeBuildError", "available", "build_error", "fwht_native", "has_compiler",
+           "library_path"]
 
 _SOURCE = pathlib.Path(__file__).resolve().parent / "csrc" / "fwht_cpu.cc"
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
@@ -125,6 +126,11 @@ def _load() -> tuple[pathlib.Path | None, str | None]:
   except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as e:
     return None, str(e)
   return path, None
+
+
+def has_compiler() -> bool:
+  """Whether a C++ compiler for the native kernels is on this machine (`$CXX`, g++, c++, clang++)."""
+  return _compiler() is not None
 
 
 def available() -> bool:

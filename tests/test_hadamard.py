@@ -17,6 +17,11 @@ from fastnets.ops import hadamard as had
 from tests.conftest import run_python
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
+# The native CPU kernel is compiled on first use: without a C++ compiler its tests are skipped; with
+# one, a failing build fails them (impl="native" raises with the compiler's message).
+from fastnets.kernels import native as _native  # pylint: disable=g-import-not-at-top
+needs_cxx = pytest.mark.skipif(not _native.has_compiler(), reason="no C++ compiler")
+NATIVE = pytest.param("native", marks=needs_cxx)
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,7 +44,7 @@ def _layouts(n):
   return [((3, n), -1), ((n, 2), 0), ((2, n, 3), 1), ((2, 1, n), 2)]
 
 
-@pytest.mark.parametrize("impl", ["xla", "native"])
+@pytest.mark.parametrize("impl", ["xla", NATIVE])
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 128, 512, 2048, 4096])
 def test_fwht_matches_scipy_hadamard_float64(n, impl):
   rng = np.random.default_rng(n)
@@ -94,7 +99,7 @@ def test_normalized_transform_twice_is_identity(log2n, rank, seed, data):
   np.testing.assert_allclose(np.asarray(y), x, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["xla", "native"])
+@pytest.mark.parametrize("impl", ["xla", NATIVE])
 @pytest.mark.parametrize("shape,axis,normalize", [((3, 16), -1, False), ((8, 4), 0, True),
                                                   ((2, 32, 2), 1, True)])
 def test_gradients_float64(shape, axis, normalize, impl):
@@ -156,6 +161,7 @@ def test_pallas_call_receives_interpret_and_name(monkeypatch):
   assert seen == [(True, "fwht_dense"), (True, "fwht_two_factor")]
 
 
+@needs_cxx
 def test_impls_agree_values_and_gradients():
   # On a CPU, impl="pallas" runs the kernel in the Pallas interpreter.
   rng = np.random.default_rng(7)
@@ -196,6 +202,7 @@ def test_op_forward_and_backward_lower_for_cuda(monkeypatch, impl):
 # ---- native CPU kernel (kernels/csrc/fwht_cpu.cc) ----------------------------------------------
 
 
+@needs_cxx
 @pytest.mark.parametrize("n", [8, 64, 2048, 2**14])
 def test_native_float32_large_rows_match_xla(n):
   # Rows longer than the kernel's 256-vector cache block (2048 floats) take the two-phase path.
@@ -205,6 +212,7 @@ def test_native_float32_large_rows_match_xla(n):
   np.testing.assert_allclose(np.asarray(y), np.asarray(y_xla), rtol=1e-5, atol=1e-5)
 
 
+@needs_cxx
 def test_native_parallel_rows_are_bitwise_the_single_thread_result():
   # 300 rows of 4096: chunks of 64 rows, a ragged last chunk; several pool threads when available.
   from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
@@ -216,6 +224,7 @@ def test_native_parallel_rows_are_bitwise_the_single_thread_result():
                              atol=1e-4)
 
 
+@needs_cxx
 def test_auto_is_native_on_cpu_and_vmap_works():
   assert jax.default_backend() == "cpu"
   x = np.random.default_rng(4).standard_normal((5, 3, 32)).astype(np.float32)
@@ -225,6 +234,7 @@ def test_auto_is_native_on_cpu_and_vmap_works():
   np.testing.assert_allclose(np.asarray(y), _ref(x, 2), rtol=1e-5, atol=1e-4)
 
 
+@needs_cxx
 def test_native_keeps_data_parallel_sharding_on_four_devices():
   # Without a partitioning rule XLA would all-gather the custom call's operand and replicate it.
   out = run_python("""
@@ -264,6 +274,7 @@ except native.NativeBuildError as e:
   assert "raised: fastnets native CPU kernels are unavailable: disabled" in out
 
 
+@needs_cxx
 def test_native_kernel_bad_input():
   from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="shape"):
