@@ -474,15 +474,17 @@ def test_small_revnet_under_jit_gradients_equal_plain_autodiff(bottleneck):
 
   @jax.jit
   def grads(variables):
-    def loss(params, mode):
-      logits, new = revnet_lib.RevNet(num_classes=10, backprop=mode, **kw).apply(
+    def loss(params, mode, unroll):
+      logits, new = revnet_lib.RevNet(num_classes=10, backprop=mode, unroll=unroll, **kw).apply(
           {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
           mutable=["batch_stats"])
       return losses.cross_entropy_loss(logits, labels), new
-    return [jax.grad(loss, has_aux=True)(variables["params"], m) for m in ("reversible", "store")]
+    return [jax.grad(loss, has_aux=True)(variables["params"], m, u)
+            for m, u in (("reversible", 1), ("store", 1), ("reversible", True))]
 
-  (g_rev, s_rev), (g_ref, s_ref) = grads(variables)
+  (g_rev, s_rev), (g_ref, s_ref), (g_unrolled, s_unrolled) = grads(variables)
   assert rel_err(g_rev, g_ref) < 1e-4 and rel_err(s_rev, s_ref) < 1e-6
+  assert rel_err(g_unrolled, g_rev) < 1e-5 and rel_err(s_unrolled, s_rev) < 1e-6
   assert not np.allclose(flat(s_rev), flat(variables["batch_stats"]))  # stats did move
 
 
