@@ -33,3 +33,21 @@ def run_python(code: str, devices: int = 1, timeout: int = 300, env=None) -> str
                         timeout=timeout, cwd=REPO, env=full_env)
   assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
   return proc.stdout
+
+
+def cuda_lowering_context():
+  """A context for lowering Pallas Triton kernels for CUDA on a machine without a GPU.
+
+  jax >= 0.11 asks the GPU's compute capability while lowering a Triton kernel; with no GPU it
+  must come from an abstract device (an H100 here) set through an abstract mesh. jax 0.10 reads
+  no device and needs nothing.
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  abstract_device = getattr(jax.sharding, "AbstractDevice", None)
+  if abstract_device is None or not hasattr(jax.sharding, "use_abstract_mesh"):
+    return contextlib.nullcontext()
+  mesh = jax.sharding.AbstractMesh(
+      (1,), ("x",), abstract_device=abstract_device("NVIDIA H100", None, "gpu"))
+  return jax.sharding.use_abstract_mesh(mesh)

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 from fastnets import ops
 from fastnets.kernels import hadamard as khad
 from fastnets.ops import hadamard as had
-from tests.conftest import run_python
+from tests.conftest import cuda_lowering_context, run_python
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 # The native CPU kernel is compiled on first use: without a C++ compiler its tests are skipped; with
@@ -184,7 +184,8 @@ def test_impls_agree_values_and_gradients():
 def test_pallas_lowers_for_cuda(n, dtype):
   x = jnp.zeros((8, n), dtype)
   f = jax.jit(lambda v: khad.fwht_pallas(v, normalize=True))
-  text = f.trace(x).lower(lowering_platforms=("cuda",)).as_text()
+  with cuda_lowering_context():
+    text = f.trace(x).lower(lowering_platforms=("cuda",)).as_text()
   assert TRITON_CALL in text
 
 
@@ -194,8 +195,9 @@ def test_op_forward_and_backward_lower_for_cuda(monkeypatch, impl):
   # jit(grad) must then hold the Triton kernel twice: forward and the custom VJP's backward.
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   loss = lambda v: jnp.sum(jnp.sin(ops.fwht(v, axis=0, normalize=True, impl=impl)))
-  text = jax.jit(jax.grad(loss)).trace(jnp.zeros((512, 4))).lower(
-      lowering_platforms=("cuda",)).as_text()
+  x = jnp.zeros((512, 4))
+  with cuda_lowering_context():
+    text = jax.jit(jax.grad(loss)).trace(x).lower(lowering_platforms=("cuda",)).as_text()
   assert text.count(TRITON_CALL) == 2
 
 

@@ -16,6 +16,7 @@ from fastnets import nn as fnn
 from fastnets import ops
 from fastnets.kernels import sparse_conv as ksc
 from fastnets.ops import sparse_conv as sc
+from tests.conftest import cuda_lowering_context
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -307,7 +308,8 @@ def test_pallas_lowers_for_cuda_with_triton():
   b = jnp.zeros((8,), jnp.float32)
   for strides, padding, bias, relu in [((1, 1), "SAME", None, False), ((2, 2), "VALID", b, True)]:
     f = jax.jit(lambda x, w, b: ksc.sparse_conv2d_pallas(x, w, strides, padding, b, relu))
-    text = f.trace(x, sk, bias).lower(lowering_platforms=("cuda",)).as_text()
+    with cuda_lowering_context():
+      text = f.trace(x, sk, bias).lower(lowering_platforms=("cuda",)).as_text()
     assert "__gpu$xla.gpu.triton" in text
     assert "escort_sparse_conv2d" in text
 
