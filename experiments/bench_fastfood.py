@@ -246,7 +246,7 @@ def run(config: dict) -> dict:
     raise ValueError(f"impls must be a non-empty subset of {list(known)}, got {config['impls']}")
   timer = common.Timer()
   notes = []
-  load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+  load_before = common.load_average()
   fwht_metrics, details = _bench_fwht(config, notes)
   metrics = {"fwht": fwht_metrics, "layers": _bench_layers(config),
              "auto_impl": had._choose_impl("auto", 2**int(config["fwht_log2"][0]), jnp.float32)}
@@ -259,9 +259,10 @@ def run(config: dict) -> dict:
       # The 1-minute load average before and after: timings on a shared machine are only as good
       # as the machine was quiet.
       load_average={"before": load_before,
-                    "after": os.getloadavg() if hasattr(os, "getloadavg") else None},
+                    "after": common.load_average()},
       threads={"cpu_count": os.cpu_count(), "ffht_s": 1, "ffht_mt_s": os.cpu_count(),
-               "native": 1, "xla": "XLA's default CPU thread pool"})
+               "native_1t": 1, "auto": "XLA's CPU thread pool (native kernel on a CPU)",
+               "xla": "XLA's CPU thread pool"})
 
 
 def report_rows(results: dict) -> list[dict]:

@@ -97,6 +97,15 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
   return path
 
 
+def load_average():
+  """The host's 1, 5 and 15-minute load averages (None where unavailable): timings on a shared
+  machine are only comparable at a similar load, so experiments that time record it."""
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except (AttributeError, OSError):
+    return None
+
+
 class Timer:
   """Wall time since construction."""
 

@@ -167,15 +167,6 @@ def _same_run_saving(step_ms: dict, fraction: float):
   return float(1 - ((1 - fraction) * full + fraction * down) / full)
 
 
-def _load_average():
-  """The host's 1, 5 and 15-minute load averages (None where unavailable): timings on a shared
-  machine are only comparable at a similar load."""
-  try:
-    return [round(v, 2) for v in os.getloadavg()]
-  except (AttributeError, OSError):
-    return None
-
-
 def _schedule_name(spec: str) -> str:
   return spec.replace(":", "_").replace(",", "_")
 
@@ -239,7 +230,7 @@ def run(config: dict) -> dict:
   """Trains the baseline and every schedule for every seed; returns the results record."""
   config = common.merge_config(DEFAULTS, config)
   clock = common.Timer()
-  load_start = _load_average()
+  load_start = common.load_average()
   dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
   model = models.ResNet(num_classes=dataset.num_classes, depth=config["depth"],
                         widths=tuple(config["widths"]))
@@ -299,7 +290,7 @@ def run(config: dict) -> dict:
   history = {name: runs[name][0]["history"] for name in names}
   return common.write_results(workdir, NAME, config, metrics, PAPER, clock(), plots=plots,
                               history=history, schedules=dict(zip(names, specs)),
-                              load_average={"start": load_start, "end": _load_average()})
+                              load_average={"start": load_start, "end": common.load_average()})
 
 
 def _pct(value) -> str:

@@ -332,10 +332,6 @@ def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "aut
       raise ValueError(
           f"fwht: impl='pallas' supports lengths {kernel.MIN_N} <= n <= {kernel.MAX_N} and dtypes "
           f"float32/bfloat16/float16, got n={n}, dtype={x.dtype}; use impl='xla' or 'auto'")
-  if impl == "native":
-    from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
-
-    native.library_path()  # Raises with the compiler's message if the kernel cannot be built.
   x = jnp.asarray(x)
   if x.size == 0:
     return x

@@ -319,18 +319,15 @@ ffi::Error Fwht(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::ResultBuffer<D> y, 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FastnetsFwhtF32, Fwht<ffi::F32>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<double>("scale")
-                                  .Attr<bool>("parallel"));
+// One handler per dtype; the Python side (kernels/native.py) registers both.
+#define FASTNETS_FWHT_HANDLER(NAME, DTYPE)                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, Fwht<ffi::DTYPE>,      \
+                                ffi::Ffi::Bind()             \
+                                    .Ctx<ffi::ThreadPool>()  \
+                                    .Arg<ffi::Buffer<ffi::DTYPE>>() \
+                                    .Ret<ffi::Buffer<ffi::DTYPE>>() \
+                                    .Attr<double>("scale")   \
+                                    .Attr<bool>("parallel"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FastnetsFwhtF64, Fwht<ffi::F64>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F64>>()
-                                  .Ret<ffi::Buffer<ffi::F64>>()
-                                  .Attr<double>("scale")
-                                  .Attr<bool>("parallel"));
+FASTNETS_FWHT_HANDLER(FastnetsFwhtF32, F32)
+FASTNETS_FWHT_HANDLER(FastnetsFwhtF64, F64)
