@@ -3,7 +3,9 @@
     python tools/measure_revnet_unroll.py            # about 2 minutes on 2 cores
 
 1. A scan of 8 convs: median forward and gradient time with `lax.scan(unroll=1|2|True)`.
-2. RevNet (filters 32, 32, 64, 112; batch 32 of 28x28x1) with 3 and 9 units per stage:
+2. `reversible_sequence` of 4 and 16 conv blocks (32 x 16 x 16 x 32 input): compiled temp
+   memory of `jit(grad)` for backprop "reversible" / "store" and unroll 1 / True.
+3. RevNet (filters 32, 32, 64, 112; batch 32 of 28x28x1) with 3 and 9 units per stage:
    `jit(grad)` compile time, median step time and `compiled.memory_analysis()` temp bytes, for
    backprop "reversible" / "store" and unroll 1 / True.
 """
@@ -16,6 +18,7 @@ import optax
 from jax import lax
 
 from fastnets.models.revnet import RevNet
+from fastnets.ops import reversible_sequence
 
 
 def median_time(fn, repeats=5):
@@ -46,6 +49,23 @@ def conv_scan():
           f"gradient {median_time(lambda: grad(ws, x)) * 1e3:.1f} ms", flush=True)
 
 
+def conv_blocks():
+  def block(p, h):
+    return jnp.tanh(lax.conv_general_dilated(h, p, (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+  x = jnp.ones((32, 16, 16, 32))
+  for blocks in (4, 16):
+    params = (jnp.ones((blocks, 3, 3, 16, 16)) * .01, jnp.ones((blocks, 3, 3, 16, 16)) * .01)
+    for unroll in (1, True):
+      for backprop in ("reversible", "store"):
+        grad = jax.jit(jax.grad(lambda p, x, b=backprop, u=unroll: jnp.sum(reversible_sequence(
+            block, block, p, x, backprop=b, unroll=u)), argnums=(0, 1)))
+        temp = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes / 2**20
+        print(f"{blocks} conv blocks, {backprop}, unroll={unroll}: temp {temp:.1f} MiB",
+              flush=True)
+
+
 def revnet():
   x = jnp.ones((32, 28, 28, 1))
   y = jnp.zeros((32,), jnp.int32)
@@ -70,4 +90,5 @@ def revnet():
 
 if __name__ == "__main__":
   conv_scan()
+  conv_blocks()
   revnet()
