@@ -18,13 +18,14 @@ parameters and input), parameter counts, and compiled memory (`jit(...).lower(..
 compilation and warm-up; ratios are against baselines measured in the same run. Quick: about a
 minute on 2 CPU cores.
 
-Issue-4 targets (for `fwht`'s default implementation): fwht at n = 4096 at least 10x faster than the dense matmul; within 3x of FFHT for
-n = 2^10 .. 2^14; FastfoodDense forward+backward faster than Dense from width 4096 up with over
-100x fewer parameters.
+Issue-4 targets: fwht ("auto") at n = 4096 at least 10x faster than the dense matmul; fwht
+("native_1t" when timed, else "auto") within 3x of FFHT for n = 2^10 .. 2^14; FastfoodDense
+forward+backward faster than Dense from width 4096 up with over 100x fewer parameters.
 
 Writes --workdir/results.json with metrics["fwht"][n] = {auto_s, xla_s, dense_matmul_s, ffht_s,
-ffht_mt_s, dense_over_<impl>, <impl>_over_ffht, ...}, metrics["auto_impl"] (what "auto" ran), metrics["layers"][width] = {fastfood_s, dense_s, fastfood_params,
-dense_params, fastfood_temp_bytes, dense_temp_bytes, ...}, a `summary` against the targets, and
+ffht_mt_s, dense_over_<impl>, <impl>_over_ffht, ...}, metrics["auto_impl"] (what "auto" ran),
+metrics["layers"][width] = {fastfood_s, dense_s, fastfood_params, dense_params,
+fastfood_temp_bytes, dense_temp_bytes, ...}, a `summary` against the targets, and
 --workdir/fastfood_bench.png.
 """
 

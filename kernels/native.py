@@ -129,7 +129,7 @@ def _load() -> tuple[pathlib.Path | None, str | None]:
 
 
 def has_compiler() -> bool:
-  """Whether a C++ compiler for the native kernels is on this machine (`$CXX`, g++, c++, clang++)."""
+  """Whether a C++ compiler for the native kernels is on this machine ($CXX, g++, c++, clang++)."""
   return _compiler() is not None
 
 
