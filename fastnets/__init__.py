@@ -1,14 +1,14 @@
 """fastnets: efficient deep networks in JAX.
 
 Subpackages (dependencies point downwards): `train`, `models`, `nn`, `ops`, `data`; Pallas kernels
-in `fastnets.kernels`. `from fastnets import ops, nn` is the entry point for use in your own code.
+in `fastnets.kernels`; `evidence` (seed statistics and verdicts) is a leaf any layer may use. `from fastnets import ops, nn` is the entry point for use in your own code.
 """
 
 import importlib as _importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "kernels", "models", "nn", "ops", "train")
+_SUBMODULES = ("data", "evidence", "kernels", "models", "nn", "ops", "train")
 
 
 def __getattr__(name):

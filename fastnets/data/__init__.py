@@ -3,8 +3,9 @@
 Library code here never reads flags; experiments pass names and directories in.
 """
 
-from fastnets.data.datasets import (BUNDLED_MNIST, ArraySource, Dataset, DatasetError,
-                                    InMemorySource, bundled_mnist_dir, load_bundled_mnist,
+from fastnets.data.datasets import (BUNDLED_MNIST, SPLITS, ArraySource, Dataset, DatasetError,
+                                    HiddenSplitError, InMemorySource, bundled_mnist_dir,
+                                    bundled_split_indices, carve_validation, load_bundled_mnist,
                                     load_dataset, load_idx_directory, load_tfds,
                                     verify_bundled_mnist)
 from fastnets.data.idx import IdxFormatError, find_idx_files, parse_idx, read_idx, write_idx
@@ -12,8 +13,9 @@ from fastnets.data.pipeline import (eval_batches, random_crop_flip, steps_per_ep
                                     train_batches, train_indices)
 
 __all__ = [
-    "BUNDLED_MNIST", "ArraySource", "Dataset", "DatasetError", "IdxFormatError", "InMemorySource",
-    "bundled_mnist_dir", "eval_batches", "find_idx_files", "load_bundled_mnist", "load_dataset",
+    "BUNDLED_MNIST", "SPLITS", "ArraySource", "Dataset", "DatasetError", "HiddenSplitError",
+    "IdxFormatError", "InMemorySource", "bundled_mnist_dir", "bundled_split_indices",
+    "carve_validation", "eval_batches", "find_idx_files", "load_bundled_mnist", "load_dataset",
     "load_idx_directory", "load_tfds", "parse_idx", "random_crop_flip", "read_idx",
     "steps_per_epoch", "train_batches", "train_indices", "verify_bundled_mnist", "write_idx",
 ]

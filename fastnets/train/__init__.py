@@ -8,6 +8,7 @@ from fastnets.train.optim import make_optimizer, make_schedule
 from fastnets.train.sharding import (DATA_AXIS, batch_sharded, check_batch_size, make_mesh,
                                      maybe_initialize_distributed, replicate, replicated,
                                      shard_batch)
+from fastnets.train.tuning import grid_points, grid_search, tune_arms
 from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
                                   init_train_state, make_eval_step, make_train_step)
 
@@ -15,7 +16,7 @@ __all__ = [
     "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
     "TrainConfig", "TrainResult", "TrainState", "WorkdirMismatchError", "batch_sharded",
     "check_batch_size", "check_or_record_run_config", "classification_loss",
-    "empty_metric_sums", "evaluate", "fit", "init_train_state", "make_eval_step", "make_mesh",
+    "empty_metric_sums", "evaluate", "fit", "grid_points", "grid_search", "init_train_state", "make_eval_step", "make_mesh",
     "make_optimizer", "make_schedule", "make_train_step", "maybe_initialize_distributed",
-    "replicate", "replicated", "shard_batch",
+    "replicate", "replicated", "shard_batch", "tune_arms",
 ]

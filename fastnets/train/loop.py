@@ -45,7 +45,8 @@ class TrainResult:
 
   Attributes:
     state: the final train state (replicated over the mesh).
-    metrics: final numbers: val_accuracy, val_loss, train_loss (mean over the last logging
+    metrics: final numbers: val_accuracy, val_loss, test_accuracy and test_loss (None when the
+      dataset's test split is hidden or absent), train_loss (mean over the last logging
       window), train_accuracy (idem), steps, steps_per_sec, wall_time_s.
     history: one dict per progress report ({"step", "train_loss", ...}) and per evaluation
       ({"step", "val_accuracy", "val_loss"}), including those of the run before a resume.
@@ -95,7 +96,7 @@ def evaluate(model: nn.Module, state: TrainState, dataset: Dataset, batch_size: 
   n = mesh.devices.size
   batch_size = int(math.ceil(batch_size / n) * n)
   eval_step = eval_step or jax.jit(make_eval_step(model), out_shardings=shd.replicated(mesh))
-  source = getattr(dataset, split)
+  source = dataset.split(split)
   totals = None
   for batch in eval_batches(dataset, source, batch_size):
     out = eval_step(state, shd.shard_batch(batch, mesh))
@@ -269,6 +270,10 @@ def fit(model: nn.Module,
       tb.scalars(step, {"val_accuracy": ev["accuracy"], "val_loss": ev["loss"]})
     say(f"final | val accuracy {ev['accuracy']:.4f} | val loss {ev['loss']:.4f} "
         f"({ev['count']} examples)")
+    # The test split is read once, after training, and only when the dataset shows it (tuning
+    # code passes `dataset.without_test()`, so its runs never see test numbers).
+    test_ev = (evaluate(model, state, dataset, config.eval_batch_size, mesh, split="test",
+                        eval_step=eval_step) if dataset.has_test else None)
   finally:  # Also on errors and interrupts: flush events, finish checkpoint writes.
     tb.close()
     if checkpointer is not None:
@@ -279,6 +284,8 @@ def fit(model: nn.Module,
   metrics = {
       "val_accuracy": ev["accuracy"],
       "val_loss": ev["loss"],
+      "test_accuracy": test_ev["accuracy"] if test_ev else None,
+      "test_loss": test_ev["loss"] if test_ev else None,
       "train_loss": last.get("train_loss"),
       "train_accuracy": last.get("train_accuracy"),
       "steps": step,
