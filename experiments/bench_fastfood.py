@@ -18,6 +18,10 @@ parameters and input), parameter counts, and compiled memory (`jit(...).lower(..
 compilation and warm-up; ratios are against baselines measured in the same run. Quick: about a
 minute on 2 CPU cores.
 
+With `copy_baseline`, `copy_s` is a device-to-device copy of x (jit of `jnp.copy`) and every
+implementation also gets `<impl>_gbytes_per_sec` (one read and one write of x per transform) and
+`<impl>_copy_fraction` (copy time / its time: the share of the copy bandwidth it reaches).
+
 Issue-4 targets: fwht ("auto") at n = 4096 at least 10x faster than the dense matmul; fwht
 ("native_1t" when timed, else "auto") within 3x of FFHT for n = 2^10 .. 2^14; FastfoodDense
 forward+backward faster than Dense from width 4096 up with over 100x fewer parameters.
@@ -41,6 +45,7 @@ import numpy as np
 
 from experiments import common
 from fastnets.nn.fastfood import FastfoodDense
+from fastnets.kernels import hadamard as khad
 from fastnets.kernels import native
 from fastnets.ops import hadamard as had
 from fastnets.ops.hadamard import fwht, hadamard_matrix
@@ -54,6 +59,11 @@ DEFAULTS = {
     # "auto" = fwht's default (native on a CPU, pallas on a GPU); "native_1t" = native, 1 thread.
     "impls": ["auto", "native_1t", "xla"],
     "ffht": True,
+    # Memory-bound floor: time a device-to-device copy of the same array and report bytes/s.
+    "copy_baseline": False,
+    # Calls per timed sample, issued back to back and blocked on once (time / calls): on a GPU
+    # this measures the device's throughput instead of one host round trip per call.
+    "calls_per_sample": 1,
     "widths": [1024, 2048, 4096, 8192, 16384],
     "layer_batch": 256,
     "warmup": 3,
@@ -94,6 +104,17 @@ def _time_interleaved(fns: dict, repeats: int) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _back_to_back(f, calls: int):
+  """A thunk that runs `f` `calls` times without waiting in between, then blocks on the last."""
+
+  def thunk():
+    for _ in range(calls - 1):
+      f()
+    return jax.block_until_ready(f())
+
+  return thunk
+
+
 def _bench_fwht(config: dict, notes: list) -> tuple[dict, dict]:
   ffht = _ffht_module() if config["ffht"] else None
   if config["ffht"] and ffht is None:
@@ -110,6 +131,9 @@ def _bench_fwht(config: dict, notes: list) -> tuple[dict, dict]:
     for impl in config["impls"]:
       if impl == "native_1t":
         f = jax.jit(lambda v: native.fwht_native(v[..., None], parallel=False)[..., 0])
+      elif impl == "pallas" and jax.default_backend() != "gpu":
+        # Off a GPU the kernel runs in the Pallas interpreter: a check of the code, not of speed.
+        f = jax.jit(lambda v: khad.fwht_pallas(v, interpret=True))
       else:
         f = jax.jit(lambda v, impl=impl: fwht(v, impl=impl))
       outs[impl] = np.asarray(f(x))
@@ -119,18 +143,26 @@ def _bench_fwht(config: dict, notes: list) -> tuple[dict, dict]:
       dense = jax.jit(lambda v, h: jnp.dot(v, h, precision=jax.lax.Precision.HIGHEST))
       outs["dense_matmul"] = np.asarray(dense(x, h))
       fns["dense_matmul_s"] = lambda dense=dense, h=h: dense(x, h).block_until_ready()
+    if config["copy_baseline"]:
+      copy = jax.jit(jnp.copy)
+      fns["copy_s"] = lambda copy=copy: copy(x).block_until_ready()
     if ffht is not None:
       outs["ffht"] = ffht.fht(xn.copy())
       threads = os.cpu_count() or 1
       fns["ffht_s"] = lambda: ffht.fht(xn)
       if threads > 1:
         fns["ffht_mt_s"] = lambda: ffht.fht(xn, threads)
+    calls = int(config["calls_per_sample"])
+    fns = {name: _back_to_back(f, calls) for name, f in fns.items()}
     for _ in range(int(config["warmup"])):
       for f in fns.values():
         f()
-    row = _time_interleaved(fns, int(config["repeats"]))
+    row = {k: t / calls for k, t in _time_interleaved(fns, int(config["repeats"])).items()}
     for impl in config["impls"]:
       base = row[f"{impl}_s"]
+      if config["copy_baseline"]:
+        row[f"{impl}_gbytes_per_sec"] = 2 * x.nbytes / base / 1e9
+        row[f"{impl}_copy_fraction"] = row["copy_s"] / base
       if "dense_matmul_s" in row:
         row[f"dense_over_{impl}"] = row["dense_matmul_s"] / base
       if "ffht_s" in row:

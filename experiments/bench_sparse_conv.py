@@ -12,6 +12,13 @@ jitted and timed, interleaved round by round after compilation and warm-up (medi
 * `direct_sparse`: `fastnets.ops.sparse_conv2d(impl="xla")`, the pure-JAX direct sparse path;
 * `pallas` (GPU only): `sparse_conv2d(impl="pallas")`, the Escort-style Triton kernel, with tile
   sizes from `fastnets.kernels.autotune` (G-BFS on device timings, cached in the workdir).
+  `--pallas=interpret` runs (and autotunes) it in the Pallas interpreter on a CPU, which checks the
+  GPU code path but says nothing about GPU speed; `--pallas=off` leaves it out.
+
+`--precision` sets the matmul/conv precision of the dense baselines (`highest` keeps them in true
+float32 on GPUs, whose default may use TF32, like the kernel's float32 arithmetic);
+`--bcoo_cusparse` lowers im2col + BCOO to cuSPARSE on a GPU (JAX's `jax_bcoo_cusparse_lowering`;
+without it BCOO products are XLA gathers), and each row records which lowering ran.
 
 Ratios are dense time / method time measured in the same run (> 1 = faster than dense), plus
 direct vs each baseline. Every output is checked against dense (max relative error recorded).
@@ -25,6 +32,7 @@ table.md and speedup.png.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -71,6 +79,9 @@ DEFAULTS = {
   "bcoo": True,
   "bcoo_max_gflop": 50.0,  # skip im2col+BCOO on layers above this dense size (it is very slow)
   "autotune_budget": 12,   # G-BFS measurements per layer for the Pallas kernel (GPU only)
+  "pallas": "auto",        # "auto" (on a GPU), "interpret" (Pallas interpreter, CPU) or "off"
+  "precision": "default",  # matmul precision of dense/im2col: "default", "high" or "highest"
+  "bcoo_cusparse": False,  # lower im2col+BCOO to cuSPARSE on a GPU
   "end_to_end": True,
   "e2e_sparsities": [0.5, 0.8, 0.9, 0.95],
   "e2e_width": 32,
@@ -173,15 +184,19 @@ def _bench_layer(spec, sparsity, config, rng, on_gpu):
     wbcoo = jsparse.BCOO.fromdense(wmat)
     bcoo_f = jax.jit(im2col_bcoo)
     fns["im2col_bcoo"] = lambda: bcoo_f(x, wbcoo)
+    bcoo_lowering = _bcoo_lowering(bcoo_f, x, wbcoo)
+  else:
+    bcoo_lowering = None
   tuned = pallas_error = None
-  if on_gpu:
+  interpret = config["pallas"] == "interpret"
+  if interpret or (on_gpu and config["pallas"] == "auto"):
     from fastnets.kernels import autotune
     try:  # a kernel that fails to compile is recorded, not fatal: the other paths still count
       tuned = autotune.autotune_sparse_conv(
         x.shape, sk, s, padding, cost="time", budget=config["autotune_budget"],
-        cache=os.path.join(config["workdir"] or ".", "autotune_cache.json"))
+        cache=os.path.join(config["workdir"] or ".", "autotune_cache.json"), interpret=interpret)
       pallas_f = jax.jit(lambda x, w: ops.sparse_conv2d(x, w, s, padding, impl="pallas",
-                                                        config=tuned))
+                                                        config=tuned, interpret=interpret))
       jax.block_until_ready(pallas_f(x, sk))
       fns["pallas"] = lambda: pallas_f(x, sk)
     except Exception as e:  # noqa: BLE001
@@ -202,7 +217,27 @@ def _bench_layer(spec, sparsity, config, rng, on_gpu):
   row["max_rel_err"] = {m: _rel_err(o, outs["dense"]) for m, o in outs.items() if m != "dense"}
   row["pallas_config"] = None if tuned is None else tuned.to_dict()
   row["pallas_error"] = pallas_error
+  row["bcoo_lowering"] = bcoo_lowering
   return row
+
+
+def _bcoo_lowering(fn, *args) -> str:
+  """"cusparse" when the jitted BCOO product lowers to a cuSPARSE call, else "xla"."""
+  text = fn.lower(*args).as_text().lower()
+  return "cusparse" if ("cusparse" in text or "coo_matmat" in text) else "xla"
+
+
+@contextlib.contextmanager
+def _numerics(config):
+  """The run's matmul precision and BCOO lowering (restored afterwards)."""
+  before = jax.config.jax_bcoo_cusparse_lowering
+  jax.config.update("jax_bcoo_cusparse_lowering", bool(config["bcoo_cusparse"]))
+  precision = None if config["precision"] == "default" else config["precision"]
+  try:
+    with jax.default_matmul_precision(precision):
+      yield
+  finally:
+    jax.config.update("jax_bcoo_cusparse_lowering", before)
 
 
 class _E2ECNN(nn.Module):
@@ -234,9 +269,10 @@ def _bench_end_to_end(config, sparsity, on_gpu):
   variables = {**variables, "params": pruned}
   sparse_vars = fnn.sparsify_variables(variables, prunable=lambda p, leaf: (
     fnn.conv_kernel_prunable(p, leaf) and "Conv_0" not in str(p)))
-  impl = "pallas" if on_gpu else "xla"
+  interpret = config["pallas"] == "interpret"
+  impl = "pallas" if interpret or (on_gpu and config["pallas"] == "auto") else "xla"
   dense_f = jax.jit(model.apply)
-  sparse_f = jax.jit(lambda v, x: fnn.sparse_apply(model, v, x, impl=impl))
+  sparse_f = jax.jit(lambda v, x: fnn.sparse_apply(model, v, x, impl=impl, interpret=interpret))
   med, outs = _time_interleaved({"dense": lambda: dense_f(variables, x),
                                  "sparse": lambda: sparse_f(sparse_vars, x)},
                                 config["warmup"], config["repeats"])
@@ -333,15 +369,21 @@ def _plot(rows, path):
 def run(config: dict) -> dict:
   """Runs the benchmark; returns (and writes) the results record."""
   config = common.merge_config(DEFAULTS, config)
+  if config["pallas"] not in ("auto", "interpret", "off"):
+    raise ValueError(f"pallas must be 'auto', 'interpret' or 'off'; got {config['pallas']!r}.")
+  if config["precision"] not in ("default", "high", "highest"):
+    raise ValueError(
+      f"precision must be 'default', 'high' or 'highest'; got {config['precision']!r}.")
   timer = common.Timer()
   on_gpu = jax.default_backend() == "gpu"
   rng = np.random.default_rng(config["seed"])
   rows = []
-  for spec in _scaled(config):
-    for s in config["sparsities"]:
-      rows.append(_bench_layer(spec, float(s), config, rng, on_gpu))
-  e2e = ([_bench_end_to_end(config, float(s), on_gpu) for s in config["e2e_sparsities"]]
-         if config["end_to_end"] else [])
+  with _numerics(config):
+    for spec in _scaled(config):
+      for s in config["sparsities"]:
+        rows.append(_bench_layer(spec, float(s), config, rng, on_gpu))
+    e2e = ([_bench_end_to_end(config, float(s), on_gpu) for s in config["e2e_sparsities"]]
+           if config["end_to_end"] else [])
   metrics = dict(layers=rows, end_to_end=e2e, summary=_summary(rows), on_gpu=on_gpu)
   table = _table(rows, e2e)
   extra = {}
