@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -66,12 +67,18 @@ def _format_eta(seconds: float) -> str:
 
 
 class _TensorBoard:
-  """TensorBoard scalars via tensorboardX (no TensorFlow needed); a no-op without a workdir."""
+  """TensorBoard scalars via tensorboardX (no TensorFlow needed); a no-op without a workdir, and
+  without tensorboardX, which is optional (a warning says so and training goes on)."""
 
   def __init__(self, logdir: Optional[str]):
     self._writer = None
     if logdir is not None and jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError:
+        warnings.warn("tensorboardX is not installed: no TensorBoard events are written "
+                      "(pip install tensorboardX).", RuntimeWarning, stacklevel=2)
+        return
       self._writer = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
