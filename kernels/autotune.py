@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastnets.kernels.sparse_conv import SparseConvConfig, default_config, sparse_conv2d_pallas
-from fastnets.ops import sparse_conv as _ops
+from fastnets.checks import next_power_of_two, pair
+from fastnets.sparse_format import SparseKernel, conv_output_geometry
 
 __all__ = [
   "AutotuneCache",
@@ -198,7 +199,7 @@ def cache_key(x_shape, kernel_shape, strides, padding, sparsity: float, dtype, *
   """The cache key of a sparse convolution problem (shape, sparsity bucket, device, cost kind)."""
   fmt = lambda s: "x".join(str(int(v)) for v in s)
   pad = padding.upper() if isinstance(padding, str) else str(padding)
-  return (f"sparse_conv2d|x={fmt(x_shape)}|w={fmt(kernel_shape)}|s={fmt(_ops._pair(strides, 'strides'))}"
+  return (f"sparse_conv2d|x={fmt(x_shape)}|w={fmt(kernel_shape)}|s={fmt(pair(strides, 'strides'))}"
           f"|p={pad}|sparsity={sparsity_bucket(sparsity):.2f}|dtype={jnp.dtype(dtype).name}"
           f"|device={device_kind or _device_kind()}|cost={cost}")
 
@@ -214,8 +215,8 @@ def sparse_conv_neighbors(out_hw, out_channels, *, max_elems: int = 16384):
   block_h * block_w * block_o <= max_elems (register budget), num_warps in [1, 8].
   """
   ho, wo = out_hw
-  p2 = lambda v: 1 << max(0, math.ceil(math.log2(max(1, v))))
-  caps = dict(block_h=p2(ho), block_w=p2(wo), block_o=p2(out_channels), num_warps=8)
+  caps = dict(block_h=next_power_of_two(ho), block_w=next_power_of_two(wo),
+              block_o=next_power_of_two(out_channels), num_warps=8)
 
   def neighbors(cfg: SparseConvConfig):
     out = []
@@ -231,7 +232,7 @@ def sparse_conv_neighbors(out_hw, out_channels, *, max_elems: int = 16384):
   return neighbors
 
 
-def sparse_conv_cost_model(x_shape, w: _ops.SparseKernel, strides=(1, 1), padding="SAME", *,
+def sparse_conv_cost_model(x_shape, w: SparseKernel, strides=(1, 1), padding="SAME", *,
                            num_sms: int = 132, max_threads_per_sm: int = 2048):
   """Analytical cost (arbitrary units, ~ns on an H100-class GPU) of the sparse conv kernel.
 
@@ -248,7 +249,7 @@ def sparse_conv_cost_model(x_shape, w: _ops.SparseKernel, strides=(1, 1), paddin
   """
   n, h, wd, _ = x_shape
   kh, kw, _, co = w.kernel_shape
-  _, (ho, wo) = _ops.conv_output_geometry((h, wd), (kh, kw), strides, padding)
+  _, (ho, wo) = conv_output_geometry((h, wd), (kh, kw), strides, padding)
   nnz = np.asarray(w.nnz)
 
   def cost(cfg: SparseConvConfig) -> float:
@@ -297,7 +298,7 @@ def timing_cost(build: Callable[[Any], Callable[[], Any]], *, warmup: int = 1, i
 
 
 def autotune_sparse_conv(
-  x_shape, w: _ops.SparseKernel, strides=(1, 1), padding="SAME", *,
+  x_shape, w: SparseKernel, strides=(1, 1), padding="SAME", *,
   dtype=jnp.float32, bias: bool = False, relu: bool = False, cost: str | Callable = "auto",
   budget: int = 24, cache: AutotuneCache | str | os.PathLike | None = None,
   use_cache: bool = True, interpret: bool = False, seed: int = 0,
@@ -323,7 +324,7 @@ def autotune_sparse_conv(
     The best configuration found (from the cache when present).
   """
   kh, kw, ci, co = w.kernel_shape
-  _, (ho, wo) = _ops.conv_output_geometry(tuple(x_shape[1:3]), (kh, kw), strides, padding)
+  _, (ho, wo) = conv_output_geometry(tuple(x_shape[1:3]), (kh, kw), strides, padding)
   if cost == "auto":
     cost = "time" if jax.default_backend() == "gpu" else "model"
   if callable(cost):

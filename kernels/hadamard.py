@@ -1,8 +1,10 @@
 """Pallas GPU kernel for the fast Walsh-Hadamard transform over the last axis.
 
-Reference (the CPU path and the oracle of the tests): `fastnets.ops.hadamard._fwht_xla`; public op:
-`fastnets.ops.fwht(x, impl="pallas")`. Used by Fastfood (Le et al. 2013) and Deep Fried Convnets
-(Yang et al. 2015, Sec. 3).
+This module holds the reference `fwht_reference` (a dense matmul with the Sylvester matrix, the
+tests' oracle), the kernel `fwht_pallas` and `fwht`, the kernel with its custom VJP. The public op
+`fastnets.ops.fwht(x, impl="pallas")` calls `fwht`; its XLA path (Kronecker-factorised matmuls)
+is the CPU path. Used by Fastfood (Le et al. 2013) and Deep Fried Convnets (Yang et al. 2015,
+Sec. 3).
 
 Algorithm. Sylvester order makes `H_n = H_a (x) H_b` for `n = a * b`, so the transform of a row `x`
 viewed as an `(a, b)` matrix `X` (row-major) is `H_a @ X @ H_b`: two small dense matmuls on the
@@ -37,7 +39,9 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-__all__ = ["MAX_N", "MIN_N", "fwht_pallas", "supports"]
+from fastnets.checks import is_power_of_two
+
+__all__ = ["MAX_N", "MIN_N", "fwht", "fwht_pallas", "fwht_reference", "supports"]
 
 MIN_N = 16
 MAX_N = 2**14
@@ -48,7 +52,7 @@ _BLOCK_ELEMENTS = 2**14
 
 def supports(n: int, dtype) -> bool:
   """Whether the kernel handles rows of length `n` of `dtype` (power of two in [MIN_N, MAX_N])."""
-  return (MIN_N <= n <= MAX_N and (n & (n - 1)) == 0 and jnp.dtype(dtype) in _DTYPES)
+  return MIN_N <= n <= MAX_N and is_power_of_two(n) and jnp.dtype(dtype) in _DTYPES
 
 
 def _hadamard_np(n: int) -> np.ndarray:
@@ -56,6 +60,24 @@ def _hadamard_np(n: int) -> np.ndarray:
   while h.shape[0] < n:
     h = np.block([[h, h], [h, -h]])
   return h
+
+
+def fwht_reference(x: jax.Array, *, normalize: bool = False) -> jax.Array:
+  """`x @ H_n` over the last axis with the dense Sylvester matrix (the tests' oracle).
+
+  O(n^2) work and memory; computed in float32 (float64 for float64 input) at HIGHEST precision and
+  cast back to `x.dtype`.
+  """
+  x = jnp.asarray(x)
+  n = x.shape[-1]
+  if not is_power_of_two(n):
+    raise ValueError(f"fwht_reference: the last axis must be a power of two, got shape {x.shape}")
+  cdt = jnp.promote_types(x.dtype, jnp.float32)
+  h = jnp.asarray(_hadamard_np(n), cdt)
+  if normalize:
+    h = h / jnp.sqrt(jnp.asarray(n, cdt))
+  y = jnp.matmul(x.astype(cdt), h, precision=jax.lax.Precision.HIGHEST)
+  return y.astype(x.dtype)
 
 
 def _dense_kernel(x_ref, h_ref, o_ref):
@@ -158,3 +180,35 @@ def fwht_pallas(x: jax.Array, *, normalize: bool = False, rows_per_block: int | 
   if padded != m:
     y = y[:m]
   return y.reshape(x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fwht(x, normalize, interpret):
+  return fwht_pallas(x, normalize=normalize, interpret=interpret)
+
+
+# The transform is linear and H is symmetric, so the VJP of y = x @ H is g -> g @ H (same scale):
+# the backward pass is the kernel again on the cotangent, with no residuals saved.
+def _fwht_fwd(x, normalize, interpret):
+  return _fwht(x, normalize, interpret), None
+
+
+def _fwht_bwd(normalize, interpret, _, g):
+  return (_fwht(g, normalize, interpret),)
+
+
+_fwht.defvjp(_fwht_fwd, _fwht_bwd)
+
+
+def fwht(x: jax.Array, *, normalize: bool = False, interpret: bool = False) -> jax.Array:
+  """Differentiable `fwht_pallas` (custom VJP: the backward pass runs the kernel on the cotangent).
+
+  Args:
+    x: `(..., n)` array of float32, bfloat16 or float16, n a power of two in [16, 2^14].
+    normalize: scale by `1 / sqrt(n)` (orthonormal transform).
+    interpret: run in the Pallas interpreter (CPU) instead of compiling for a GPU.
+
+  Returns:
+    `x @ H_n` (times `n**-0.5` if `normalize`), same shape and dtype as `x`.
+  """
+  return _fwht(jnp.asarray(x), bool(normalize), bool(interpret))

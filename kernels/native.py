@@ -2,7 +2,7 @@
 
 The fast Walsh-Hadamard transform (`fastnets.ops.fwht(impl="native")`, used by Fastfood, Le et al.
 2013, and Deep Fried Convnets, Yang et al. 2015) is memory-bound on a CPU; XLA:CPU has no FWHT and
-its best composition (Kronecker-factored matmuls, `fastnets.ops.hadamard._fwht_xla`) makes several
+its best composition (Kronecker-factored matmuls, the XLA path of `fastnets.ops.fwht`) makes several
 passes over memory through generic matmul code. `csrc/fwht_cpu.cc` is a SIMD radix-8 kernel,
 registered as an XLA FFI custom call so that it runs inside jitted programs with no Python callback.
 Independent rows are spread over XLA's intra-op thread pool (`parallel=True`, the default).

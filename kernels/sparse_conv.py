@@ -1,4 +1,9 @@
-"""Pallas GPU kernel for direct sparse convolution (Escort; Chen, 2018).
+"""Direct sparse convolution (Escort; Chen, 2018): the pure-JAX reference and the Pallas kernel.
+
+This module holds the reference `sparse_conv2d_reference` (pure JAX, the CPU path of
+`fastnets.ops.sparse_conv2d` and the tests' oracle, with its own custom VJP), the Pallas kernel
+`sparse_conv2d_pallas` and the kernel's custom VJP. It imports only the leaf modules
+`fastnets.sparse_format` (the weight format and the convolution geometry) and `fastnets.checks`.
 
 Escort's GPU kernel gives each thread block a tile of the output and has it walk the nonzero
 weights of its output channels, accumulating the shifted input window that each nonzero touches
@@ -14,7 +19,7 @@ weights of its output channels, accumulating the shifted input window that each 
   `window * value`;
 * bias and ReLU are fused before the single store of the tile.
 
-Strides are removed beforehand by `fastnets.ops.sparse_conv.stride_one_problem` (space-to-depth
+Strides are removed beforehand by `fastnets.sparse_format.stride_one_problem` (space-to-depth
 into `s_h s_w` phases), so all windows are contiguous along W; the input is padded so that every
 gather is in bounds and the kernel needs no masks.
 
@@ -23,7 +28,7 @@ gather: at every slot each output channel reads a window at a data-dependent off
 lowers such pointer-array loads (`x_ref[idx]` with an integer array index) and a `fori_loop` with a
 dynamic bound and a carried register tile; Mosaic GPU in jax 0.10 needs warpgroup-sized,
 128-byte-aligned copies through shared memory and rejects the data-dependent gather and the
-loop's carried layouts (see ../shared/design/KERNELS.md). The Triton backend is deprecated from
+loop's carried layouts (see docs/KERNELS.md). The Triton backend is deprecated from
 jax 0.11; when it goes, this kernel needs a Mosaic GPU port that stages input tiles (with halo)
 in shared memory and reads windows from there. The test suite lowers the kernel for CUDA from the
 CPU and checks for the Triton custom call.
@@ -39,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -47,21 +51,223 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from fastnets.ops import sparse_conv as _ops
+from fastnets.checks import is_power_of_two, next_power_of_two, pair
+from fastnets.sparse_format import (
+  Padding, SparseKernel, check_conv_inputs, conv_output_geometry, hashable_padding,
+  stride_one_problem,
+)
 
 __all__ = [
   "SparseConvConfig",
   "default_config",
   "sparse_conv2d_pallas",
+  "sparse_conv2d_reference",
 ]
 
 
-def _is_pow2(v: int) -> bool:
-  return v >= 1 and (v & (v - 1)) == 0
+# --------------------------------------------------------------------------------------------------
+# The pure-JAX reference (the XLA / CPU path).
 
 
-def _next_pow2(v: int) -> int:
-  return 1 << max(0, math.ceil(math.log2(max(1, v))))
+def _heuristic_row_tile(ho, wo, n, cq, o, khq, itemsize=4):
+  """Output rows per tile of the XLA path: keeps a tile's input and output near 1 MiB (L2).
+
+  The tile is then shrunk to split Ho evenly (ceil(Ho / n_tiles) rows), so that the last tile
+  computes few padding rows.
+  """
+  per_row = max(1, wo * n * itemsize) * max(cq, o)
+  tile = int(max(1, min(64, (1 << 20) // per_row)))
+  tiles = -(-ho // tile)
+  return -(-ho // tiles)
+
+
+def sparse_conv2d_reference(
+  x: jax.Array,
+  w: SparseKernel,
+  strides=(1, 1),
+  padding: Padding = "SAME",
+  bias: jax.Array | None = None,
+  relu: bool = False,
+  *,
+  row_tile: int | None = None,
+  slot_group: int = 16,
+) -> jax.Array:
+  """Pure-JAX direct sparse convolution (the XLA / CPU path and the kernel's oracle).
+
+  No im2col. The output is computed in tiles of `row_tile` output rows (a sequential `lax.map`;
+  a tile's input rows, all channels, stay in cache) and, within a tile, one output channel at a
+  time: a loop over the channel's *own* number of nonzeros, `slot_group` at a time, sums
+  `v[o, k] * xq[i[o, k], y + r[o, k], x + c[o, k]]` over contiguous shifted windows
+  (`lax.dynamic_slice` with scalar offsets, which XLA fuses with the multiply-adds into one loop
+  per group: no gather, one write of the partial sum per group) and writes the channel once
+  (Escort's direct sparse convolution, Sec. 3). The trip count of the inner loop is `ceil(nnz[o] / slot_group)`, so
+  channels with fewer nonzeros than the padded `max_nnz` do not pay for the padding. Work is
+  O(N Ho Wo sum_o nnz[o]) plus less than `slot_group` padding slots per channel and tile.
+
+  Differentiable with respect to `x`, `w.values` and `bias` (reverse mode) through a
+  `jax.custom_vjp`: the forward pass above has data-dependent loop bounds, which reverse-mode
+  autodiff cannot go through, so the backward pass differentiates an equivalent formulation with
+  static loop bounds (`_gather_forward`: every slot of every channel at once, gathered windows;
+  padding slots get zero gradient). Saved for the backward pass: the inputs `x`, `w` and `bias`
+  only; the backward pass recomputes the static formulation's forward pass inside its `jax.vjp`.
+  Forward-mode differentiation (`jax.jvp`) is not supported. Accumulates in float32 (or wider),
+  returns `result_type(x, w.values)`.
+
+  Args:
+    x: (N, H, W, I) float input (NHWC).
+    w: `SparseKernel` with `kernel_shape` (KH, KW, I, O).
+    strides: int or (s_h, s_w).
+    padding: "SAME", "VALID", int or ((top, bottom), (left, right)).
+    bias: optional (O,) bias, added before the optional ReLU.
+    relu: apply max(., 0) at the end.
+    row_tile: output rows per tile (default: a heuristic that targets ~1 MiB per tile and splits
+      the output rows evenly).
+    slot_group: nonzeros summed per inner-loop iteration (one fused XLA loop).
+
+  Returns:
+    (N, Ho, Wo, O) output, equal to `lax.conv_general_dilated(x, to_dense(w), ...)`.
+  """
+  check_conv_inputs(x, w, bias)
+  strides = pair(strides, "strides")
+  conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
+  if int(slot_group) < 1:
+    raise ValueError(f"slot_group must be a positive int; got {slot_group!r}.")
+  if row_tile is not None and int(row_tile) < 1:
+    raise ValueError(f"row_tile must be a positive int or None; got {row_tile!r}.")
+  return _reference_jit(x, w, bias, strides=strides, padding=hashable_padding(padding),
+                        relu=bool(relu), row_tile=None if row_tile is None else int(row_tile),
+                        slot_group=int(slot_group))
+
+
+# Jitted so that eager calls (notebooks, sparse inference outside jit) compile once per shape.
+@functools.partial(jax.jit, static_argnames=("strides", "padding", "relu", "row_tile", "slot_group"))
+def _reference_jit(x, w, bias, *, strides, padding, relu, row_tile, slot_group):
+  return _direct(x, w, bias, (strides, padding, relu, row_tile, slot_group))
+
+
+def _tiled_input(x, w, strides, padding, row_tile):
+  """The stride-1 problem with its input cut into overlapping row tiles, channel-major.
+
+  Returns:
+    (xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype): xtiles (n_tiles, Cq,
+    tile + KHq - 1, Wq, N) in the accumulation dtype (batch minor: a window row of Wo * N
+    elements is contiguous).
+  """
+  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+  acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+  xq, rows, cols, chans, (ho, wo), (khq, _) = stride_one_problem(x, w, strides, padding)
+  n, hq, _, cq = xq.shape
+  co = w.values.shape[0]
+  tile = row_tile or _heuristic_row_tile(ho, wo, n, cq, co, khq)
+  tile = max(1, min(int(tile), ho))
+  n_tiles = -(-ho // tile)
+  xt = xq.astype(acc_dtype).transpose(3, 1, 2, 0)  # (Cq, Hq, Wq, N)
+  need = n_tiles * tile + khq - 1
+  xt = jnp.pad(xt, ((0, 0), (0, need - hq), (0, 0), (0, 0)))
+  tile_rows = (jnp.arange(n_tiles) * tile)[:, None] + jnp.arange(tile + khq - 1)[None, :]
+  xtiles = jnp.moveaxis(xt[:, tile_rows], 1, 0)  # (n_tiles, Cq, T + KHq - 1, Wq, N)
+  return xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype
+
+
+def _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype):
+  """(n_tiles, O, T, Wo, N) accumulators -> (N, Ho, Wo, O) output with bias and ReLU."""
+  out = acc.transpose(4, 0, 2, 3, 1).reshape(n, n_tiles * tile, wo, co)[:, :ho]
+  if bias is not None:
+    out = out + bias.astype(acc_dtype)
+  if relu:
+    out = jnp.maximum(out, 0)
+  return out.astype(out_dtype)
+
+
+def _direct_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
+  """The fast forward pass: per tile, per output channel, a loop over its own nonzeros."""
+  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+  xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype = _tiled_input(
+    x, w, strides, padding, row_tile)
+  n = x.shape[0]
+  co, k = w.values.shape
+  g = max(1, min(int(slot_group), k))
+  kp = -(-k // g) * g
+  padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
+  vals = padk(jnp.where(w.valid, w.values, 0).astype(acc_dtype))
+  rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
+  trips = (w.nnz.astype(jnp.int32) + g - 1) // g  # per output channel
+
+  def one_tile(xb):
+    def channel(o, acc):
+      def group(j, a):
+        for u in range(g):
+          kk = j * g + u
+          win = lax.dynamic_slice(xb, (chans[o, kk], rows[o, kk], cols[o, kk], jnp.int32(0)),
+                                  (1, tile, wo, n))
+          a = a + vals[o, kk] * win[0]
+        return a
+      out_o = lax.fori_loop(0, trips[o], group, jnp.zeros((tile, wo, n), acc_dtype))
+      return lax.dynamic_update_slice(acc, out_o[None], (o, 0, 0, 0))
+    return lax.fori_loop(0, co, channel, jnp.zeros((co, tile, wo, n), acc_dtype))
+
+  acc = lax.map(one_tile, xtiles)  # (n_tiles, O, T, Wo, N)
+  return _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype)
+
+
+def _gather_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
+  """The same convolution with static loop bounds (reverse-differentiable; the backward pass).
+
+  For each slot k (the k-th nonzero of every output channel at once) one gather reads the O
+  shifted windows and accumulates them times `v[o, k]`; `slot_group` slots per loop iteration.
+  """
+  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+  xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype = _tiled_input(
+    x, w, strides, padding, row_tile)
+  n = x.shape[0]
+  co, k = w.values.shape
+  g = max(1, min(int(slot_group), k))
+  kp = -(-k // g) * g
+  padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
+  vals = padk(jnp.where(w.valid, w.values, 0).astype(acc_dtype))
+  rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
+
+  def window(xb, ch, r, c):
+    return lax.dynamic_slice(xb, (ch, r, c, jnp.zeros((), jnp.int32)), (1, tile, wo, n))[0]
+
+  def one_tile(xb):
+    def body(j, acc):
+      for u in range(g):
+        kk = j * g + u
+        win = jax.vmap(window, in_axes=(None, 0, 0, 0))(xb, chans[:, kk], rows[:, kk], cols[:, kk])
+        acc = acc + vals[:, kk, None, None, None] * win
+      return acc
+    return lax.fori_loop(0, kp // g, body, jnp.zeros((co, tile, wo, n), acc_dtype))
+
+  acc = lax.map(one_tile, xtiles)  # (n_tiles, O, T, Wo, N)
+  return _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _direct(x, w, bias, static):
+  return _direct_forward(x, w, bias, *static)
+
+
+def _direct_fwd(x, w, bias, static):
+  return _direct_forward(x, w, bias, *static), (x, w, bias)
+
+
+def _direct_bwd(static, res, ct):
+  x, w, bias = res
+  return _gather_vjp(static, x, w, bias, ct)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))  # eager backward passes compile once, too
+def _gather_vjp(static, x, w, bias, ct):
+  _, vjp = jax.vjp(lambda x, w, b: _gather_forward(x, w, b, *static), x, w, bias)
+  return vjp(ct)
+
+
+_direct.defvjp(_direct_fwd, _direct_bwd)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Pallas kernel.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +291,7 @@ class SparseConvConfig:
   def __post_init__(self):
     for f in ("block_h", "block_w", "block_o", "num_warps"):
       v = getattr(self, f)
-      if not isinstance(v, int) or not _is_pow2(v):
+      if not isinstance(v, int) or not is_power_of_two(v):
         raise ValueError(f"SparseConvConfig.{f} must be a positive power of 2; got {v!r}.")
     if not isinstance(self.num_stages, int) or self.num_stages < 1:
       raise ValueError(f"SparseConvConfig.num_stages must be a positive int; got {self.num_stages!r}.")
@@ -104,9 +310,9 @@ def default_config(out_hw: tuple[int, int], out_channels: int) -> SparseConvConf
   BW covers the output width up to 32 (coalesced rows), BO up to 16 channels, BH fills the rest.
   """
   ho, wo = out_hw
-  bw = min(32, _next_pow2(wo))
-  bo = min(16, _next_pow2(out_channels))
-  bh = min(_next_pow2(ho), max(1, 2048 // (bw * bo)))
+  bw = min(32, next_power_of_two(wo))
+  bo = min(16, next_power_of_two(out_channels))
+  bh = min(next_power_of_two(ho), max(1, 2048 // (bw * bo)))
   return SparseConvConfig(block_h=bh, block_w=bw, block_o=bo, num_warps=4, num_stages=1)
 
 
@@ -148,9 +354,9 @@ def _forward(x, values, rows, cols, chans, nnz, bias, static, poison: bool = Fal
   """The kernel call. `poison=True` (tests) pre-fills the output buffer with NaN through an
   input/output alias, so an output element the kernel fails to write shows up as NaN."""
   kernel_shape, strides, padding, relu, cfg, interpret = static
-  w = _ops.SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
+  w = SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
   out_dtype = jnp.result_type(x.dtype, values.dtype)
-  xq, rq, cq_, chq, (ho, wo), (khq, kwq) = _ops.stride_one_problem(x, w, strides, padding)
+  xq, rq, cq_, chq, (ho, wo), (khq, kwq) = stride_one_problem(x, w, strides, padding)
   n, hq, wq, cq = xq.shape
   co, k = values.shape
   if cfg is None:
@@ -217,8 +423,8 @@ def _bwd(static, res, g):
   kernel_shape, strides, padding, relu, _, _ = static
 
   def ref(x, values, bias):
-    w = _ops.SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
-    return _ops.sparse_conv2d_reference(x, w, strides, padding, bias, relu)
+    w = SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
+    return sparse_conv2d_reference(x, w, strides, padding, bias, relu)
 
   _, vjp = jax.vjp(ref, x, values, bias)
   gx, gv, gb = vjp(g)
@@ -234,7 +440,7 @@ _sparse_conv_jit = jax.jit(_sparse_conv_vjp, static_argnums=(7,))
 
 def sparse_conv2d_pallas(
   x: jax.Array,
-  w: _ops.SparseKernel,
+  w: SparseKernel,
   strides=(1, 1),
   padding="SAME",
   bias: jax.Array | None = None,
@@ -264,10 +470,10 @@ def sparse_conv2d_pallas(
     TypeError, ValueError: as `fastnets.ops.sparse_conv2d`; ValueError for inputs beyond int32
       offsets.
   """
-  _ops._check_inputs(x, w, bias, "NHWC", (1, 1))
+  check_conv_inputs(x, w, bias)
   if config is not None and not isinstance(config, SparseConvConfig):
     raise TypeError(f"config must be a SparseConvConfig or None; got {type(config).__name__}.")
-  strides = _ops._pair(strides, "strides")
-  _ops.conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
-  static = (w.kernel_shape, strides, _ops.hashable_padding(padding), bool(relu), config, bool(interpret))
+  strides = pair(strides, "strides")
+  conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
+  static = (w.kernel_shape, strides, hashable_padding(padding), bool(relu), config, bool(interpret))
   return _sparse_conv_jit(x, w.values, w.rows, w.cols, w.chans, w.nnz, bias, static)

@@ -145,7 +145,15 @@ def test_autotune_caches_best_config(tmp_path):
   entry = next(iter(json.loads(path.read_text()).values()))
   assert entry["config"] == dataclasses.asdict(best) and entry["evaluated"] == n
   model_best = autotune.autotune_sparse_conv((2, 16, 16, 8), sk, cost="model", cache=path)
-  assert isinstance(model_best, SparseConvConfig)
+  # The cached result is the cost model's G-BFS optimum: the same search run by hand agrees, and
+  # it costs no more than the starting (default) configuration.
+  model_cost = autotune.sparse_conv_cost_model((2, 16, 16, 8), sk)
+  co = sk.kernel_shape[3]
+  by_hand = autotune.gbfs(default_config((16, 16), co),
+                          autotune.sparse_conv_neighbors((16, 16), co), model_cost, budget=24)
+  assert model_best == by_hand.best
+  assert model_cost(model_best) == pytest.approx(by_hand.best_cost)
+  assert model_cost(model_best) <= model_cost(default_config((16, 16), co))
   assert len(json.loads(path.read_text())) == 2  # different cost kind, different key
   with pytest.raises(ValueError, match="cost"):
     autotune.autotune_sparse_conv((2, 16, 16, 8), sk, cost="guess", cache=path)

@@ -138,11 +138,19 @@ def test_pallas_interpret_matches_reference(shape, rows_per_block):
                                atol=1e-5 * np.sqrt(shape[-1]))
 
 
+def test_reference_is_the_dense_matmul():
+  x = np.random.default_rng(3).standard_normal((3, 32)).astype(np.float32)
+  h = np.asarray(ops.hadamard_matrix(32))
+  np.testing.assert_allclose(np.asarray(khad.fwht_reference(x)), x @ h, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(khad.fwht_reference(x, normalize=True)),
+                             x @ h / np.sqrt(32), rtol=1e-6, atol=1e-6)
+
+
 def test_pallas_bfloat16_interpret():
   x = jnp.asarray(np.random.default_rng(6).standard_normal((4, 256)), jnp.bfloat16)
   y = khad.fwht_pallas(x, normalize=True, interpret=True)
   assert y.dtype == jnp.bfloat16
-  ref = np.asarray(had._fwht_xla(x, 1, 1 / 16.0), np.float32)
+  ref = np.asarray(khad.fwht_reference(x, normalize=True), np.float32)
   np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=0, atol=1e-6)
 
 
@@ -162,14 +170,15 @@ def test_pallas_call_receives_interpret_and_name(monkeypatch):
 
 
 def test_impls_agree_values_and_gradients():
-  # On a CPU, impl="pallas" runs the kernel in the Pallas interpreter.
+  # On a CPU, impl="pallas" runs the kernel in the Pallas interpreter (interpret=True).
   rng = np.random.default_rng(7)
   for shape, axis in [((3, 64), -1), ((2, 256, 3), 1)]:
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     ct = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     outs, grads = [], []
     for impl in ("xla", "pallas") + (("native",) if _native.has_compiler() else ()):
-      f = lambda v, impl=impl: ops.fwht(v, axis=axis, normalize=True, impl=impl)
+      f = lambda v, impl=impl: ops.fwht(v, axis=axis, normalize=True, impl=impl,
+                                        interpret=impl == "pallas")
       y, vjp = jax.vjp(f, x)
       outs.append(np.asarray(y))
       grads.append(np.asarray(vjp(ct)[0]))
@@ -312,6 +321,9 @@ def test_bad_impl_and_unsupported_pallas():
     ops.fwht(jnp.ones((2, 8)), impl="cuda")
   with pytest.raises(ValueError, match="impl='pallas' supports lengths 16"):
     ops.fwht(jnp.ones((2, 8)), impl="pallas")
+  if jax.default_backend() != "gpu":
+    with pytest.raises(ValueError, match="needs a GPU"):
+      ops.fwht(jnp.ones((2, 16)), impl="pallas")
   with pytest.raises(ValueError, match="power of two in"):
     khad.fwht_pallas(jnp.ones((2, 2**15)))
   with pytest.raises(ValueError, match="rows_per_block"):

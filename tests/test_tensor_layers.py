@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
 from fastnets.nn import tensor_layers as tl
-from fastnets.ops import tensor_formats as tf
+from fastnets.ops import tensor_formats
 
 
 def _size(tree) -> int:
@@ -34,7 +34,7 @@ def _randn(seed, shape):
 def _np_bt(seed, in_f, out_f, rank, blocks):
   """Random float64 BT parameters from numpy (no compilation, unlike jax.random eagerly)."""
   rng = np.random.default_rng(seed)
-  f_shapes, c_shape = tf.bt_shapes(in_f, out_f, rank, blocks)
+  f_shapes, c_shape = tensor_formats.bt_shapes(in_f, out_f, rank, blocks)
   return ([jnp.asarray(rng.standard_normal(s) / math.sqrt(s[1] * s[3])) for s in f_shapes],
           jnp.asarray(rng.standard_normal(c_shape)))
 
@@ -42,7 +42,7 @@ def _np_bt(seed, in_f, out_f, rank, blocks):
 def _np_tt(seed, in_f, out_f, ranks):
   rng = np.random.default_rng(seed)
   return [jnp.asarray(rng.standard_normal(s) / math.sqrt(s[1] * s[3]))
-          for s in tf.tt_shapes(in_f, out_f, ranks)]
+          for s in tensor_formats.tt_shapes(in_f, out_f, ranks)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -100,10 +100,10 @@ TT_CASES = [
 def test_bt_matmul_matches_dense(in_f, out_f, rank, blocks):
   with jax.enable_x64(True):
     factors, cores = _np_bt(0, in_f, out_f, rank, blocks)
-    w = tf.bt_dense(factors, cores)
+    w = tensor_formats.bt_dense(factors, cores)
     np.testing.assert_allclose(w, _bt_reference(factors, cores), rtol=1e-12, atol=1e-12)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 3, math.prod(in_f))))
-    y = tf.bt_matmul(x, factors, cores)
+    y = tensor_formats.bt_matmul(x, factors, cores)
     assert y.shape == (2, 3, math.prod(out_f)) and y.dtype == jnp.float64
     np.testing.assert_allclose(y, x @ w, rtol=1e-11, atol=1e-12)
 
@@ -112,10 +112,10 @@ def test_bt_matmul_matches_dense(in_f, out_f, rank, blocks):
 def test_tt_matmul_matches_dense(in_f, out_f, ranks):
   with jax.enable_x64(True):
     cores = _np_tt(1, in_f, out_f, ranks)
-    w = tf.tt_dense(cores)
+    w = tensor_formats.tt_dense(cores)
     np.testing.assert_allclose(w, _tt_reference(cores), rtol=1e-12, atol=1e-12)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((4, math.prod(in_f))))
-    np.testing.assert_allclose(tf.tt_matmul(x, cores), x @ w, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(tensor_formats.tt_matmul(x, cores), x @ w, rtol=1e-11, atol=1e-12)
 
 
 @settings(max_examples=8, deadline=None)
@@ -129,12 +129,14 @@ def test_bt_matmul_property(in_f, out_seed, rank, blocks, batch):
     factors, cores = _np_bt(out_seed, in_f, out_f, rank, blocks)
     x = jnp.asarray(rng.standard_normal((batch, math.prod(in_f))))
     w = _bt_reference(factors, cores)
-    np.testing.assert_allclose(tf.bt_matmul(x, factors, cores), x @ w, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(tensor_formats.bt_matmul(x, factors, cores), x @ w,
+                               rtol=1e-10, atol=1e-11)
     # Linear in x.
     x2 = jnp.asarray(rng.standard_normal(x.shape))
-    np.testing.assert_allclose(tf.bt_matmul(2 * x - x2, factors, cores),
-                               2 * tf.bt_matmul(x, factors, cores)
-                               - tf.bt_matmul(x2, factors, cores), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(tensor_formats.bt_matmul(2 * x - x2, factors, cores),
+                               2 * tensor_formats.bt_matmul(x, factors, cores)
+                               - tensor_formats.bt_matmul(x2, factors, cores),
+                               rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("optimize", ["optimal", "size", "dp", "greedy", "left_to_right"])
@@ -144,9 +146,10 @@ def test_strategies_agree(optimize):
     factors, cores = _np_bt(2, in_f, out_f, 2, 2)
     tt = _np_tt(3, in_f, out_f, 3)
     x = jnp.asarray(np.random.default_rng(4).standard_normal((5, 24)))
-    np.testing.assert_allclose(tf.bt_matmul(x, factors, cores, optimize=optimize),
-                               x @ tf.bt_dense(factors, cores), rtol=1e-11, atol=1e-12)
-    np.testing.assert_allclose(tf.tt_matmul(x, tt, optimize=optimize), x @ tf.tt_dense(tt),
+    np.testing.assert_allclose(tensor_formats.bt_matmul(x, factors, cores, optimize=optimize),
+                               x @ tensor_formats.bt_dense(factors, cores), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(tensor_formats.tt_matmul(x, tt, optimize=optimize),
+                               x @ tensor_formats.tt_dense(tt),
                                rtol=1e-11, atol=1e-12)
 
 
@@ -156,9 +159,9 @@ def test_strategies_agree(optimize):
 
 @pytest.mark.parametrize("in_f,out_f,rank,blocks", BT_CASES)
 def test_bt_num_params(in_f, out_f, rank, blocks):
-  n = tf.bt_num_params(in_f, out_f, rank, blocks)
+  n = tensor_formats.bt_num_params(in_f, out_f, rank, blocks)
   assert n == _size(jax.eval_shape(
-      lambda k: tf.bt_init(k, in_f, out_f, rank, blocks), jax.random.key(0)))
+      lambda k: tensor_formats.bt_init(k, in_f, out_f, rank, blocks), jax.random.key(0)))
   x = jnp.ones((1, math.prod(in_f)))
   assert _size(_shapes(tl.BTLinear(in_f, out_f, rank, blocks), x)) == n + math.prod(out_f)
   assert _size(_shapes(tl.BTLinear(in_f, out_f, rank, blocks, use_bias=False), x)) == n
@@ -167,15 +170,15 @@ def test_bt_num_params(in_f, out_f, rank, blocks):
 def test_bt_num_params_formula_by_hand():
   # The paper's UCF11 shapes: 57600 = 8x20x20x18 -> 256 = 4x4x4x4, R = 2, C = 2.
   # C (sum_n I_n J_n R + R^N) = 2 * ((32 + 80 + 80 + 72) * 2 + 16) = 1088.
-  assert tf.bt_num_params((8, 20, 20, 18), (4, 4, 4, 4), 2, 2) == 1088
+  assert tensor_formats.bt_num_params((8, 20, 20, 18), (4, 4, 4, 4), 2, 2) == 1088
   # TT, ranks (1, 3, 3, 3, 1): 1*8*4*3 + 3*20*4*3 + 3*20*4*3 + 3*18*4*1 = 96+720+720+216.
-  assert tf.tt_num_params((8, 20, 20, 18), (4, 4, 4, 4), 3) == 1752
+  assert tensor_formats.tt_num_params((8, 20, 20, 18), (4, 4, 4, 4), 3) == 1752
 
 
 @pytest.mark.parametrize("in_f,out_f,ranks", TT_CASES)
 def test_tt_num_params(in_f, out_f, ranks):
-  n = tf.tt_num_params(in_f, out_f, ranks)
-  assert n == _size(jax.eval_shape(lambda k: tf.tt_init(k, in_f, out_f, ranks),
+  n = tensor_formats.tt_num_params(in_f, out_f, ranks)
+  assert n == _size(jax.eval_shape(lambda k: tensor_formats.tt_init(k, in_f, out_f, ranks),
                                    jax.random.key(0)))
   x = jnp.ones((1, math.prod(in_f)))
   assert _size(_shapes(tl.TTLinear(in_f, out_f, ranks), x)) == n + math.prod(out_f)
@@ -186,7 +189,7 @@ def test_cell_input_params_and_classifier_counts():
                        tucker_rank=2, num_blocks=3)
   x = jnp.ones((2, 784))
   params = _shapes(cell, cell.initialize_carry(jax.random.key(0), x.shape), x)
-  expected = tf.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 3) + 64
+  expected = tensor_formats.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 3) + 64
   assert _size(params["params"]["input_map"]) == expected
   model = SequenceClassifier(cell="bt_lstm", hidden=16, hidden_factors=(2, 2, 2, 2),
                              input_factors=(4, 7, 4, 7), num_blocks=3)
@@ -197,7 +200,7 @@ def test_cell_input_params_and_classifier_counts():
   dc = param_counts(_shapes(dense, jnp.ones((2, 3, 784))))
   assert dc["input_params"] == 784 * 64 + 64
   # The issue's target: >= 100x fewer input-to-hidden weights (one block, rank 2).
-  assert 784 * 64 / tf.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 1) > 100
+  assert 784 * 64 / tensor_formats.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 1) > 100
 
 
 # ------------------------------------------------------------------------------------------
@@ -208,13 +211,14 @@ def test_bt_matmul_grads():
   with jax.enable_x64(True):
     factors, cores = _np_bt(5, (2, 3), (2, 2), 2, 2)
     x = jnp.asarray(np.random.default_rng(6).standard_normal((3, 6)))
-    f = jax.jit(lambda x, factors, cores: tf.bt_matmul(x, factors, cores))
+    f = jax.jit(lambda x, factors, cores: tensor_formats.bt_matmul(x, factors, cores))
     check_grads(f, (x, factors, cores), order=1, modes=["rev"])
     # Against autodiff of x @ W with W materialised.
     g = jnp.asarray(np.random.default_rng(7).standard_normal((3, 4)))
     ours, ref = jax.jit(lambda *a: (
         jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(*a),
-        jax.grad(lambda x, fs, c: jnp.sum((x @ tf.bt_dense(fs, c)) * g), argnums=(0, 1, 2))(*a)
+        jax.grad(lambda x, fs, c: jnp.sum((x @ tensor_formats.bt_dense(fs, c)) * g),
+                 argnums=(0, 1, 2))(*a)
     ))(x, factors, cores)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), ours,
                  ref)
@@ -224,7 +228,8 @@ def test_tt_matmul_grads():
   with jax.enable_x64(True):
     cores = _np_tt(8, (2, 3, 2), (2, 1, 2), 2)
     x = jnp.asarray(np.random.default_rng(9).standard_normal((3, 12)))
-    check_grads(jax.jit(lambda x, c: tf.tt_matmul(x, c)), (x, cores), order=1, modes=["rev"])
+    check_grads(jax.jit(lambda x, c: tensor_formats.tt_matmul(x, c)), (x, cores), order=1,
+                modes=["rev"])
 
 
 def test_bt_lstm_cell_grads():
@@ -291,9 +296,9 @@ def test_bt_sqnorm_matches_dense(in_f, out_f, rank, blocks):
   with jax.enable_x64(True):
     factors, cores = _np_bt(5, in_f, out_f, rank, blocks)
     w = _bt_reference(factors, cores)
-    np.testing.assert_allclose(tf.bt_sqnorm(factors, cores), np.sum(w ** 2), rtol=1e-11)
-    rescaled = tf.bt_rescale_to_norm(factors, cores, scale=0.5)
-    w2 = np.asarray(tf.bt_dense(factors, rescaled))
+    np.testing.assert_allclose(tensor_formats.bt_sqnorm(factors, cores), np.sum(w ** 2), rtol=1e-11)
+    rescaled = tensor_formats.bt_rescale_to_norm(factors, cores, scale=0.5)
+    w2 = np.asarray(tensor_formats.bt_dense(factors, rescaled))
     np.testing.assert_allclose(np.mean(w2 ** 2) * math.prod(in_f), 0.5, rtol=1e-11)
 
 
@@ -301,10 +306,10 @@ def test_bt_sqnorm_matches_dense(in_f, out_f, rank, blocks):
 def test_tt_sqnorm_matches_dense(in_f, out_f, ranks):
   with jax.enable_x64(True):
     cores = _np_tt(6, in_f, out_f, ranks)
-    np.testing.assert_allclose(tf.tt_sqnorm(cores), np.sum(_tt_reference(cores) ** 2),
+    np.testing.assert_allclose(tensor_formats.tt_sqnorm(cores), np.sum(_tt_reference(cores) ** 2),
                                rtol=1e-11)
-    last = tf.tt_rescale_to_norm(cores, scale=2.0)
-    w2 = np.asarray(tf.tt_dense(cores[:-1] + [last]))
+    last = tensor_formats.tt_rescale_to_norm(cores, scale=2.0)
+    w2 = np.asarray(tensor_formats.tt_dense(cores[:-1] + [last]))
     np.testing.assert_allclose(np.mean(w2 ** 2) * math.prod(in_f), 2.0, rtol=1e-11)
 
 
@@ -314,14 +319,15 @@ def test_exact_init_norm_ops_every_seed():
   in_f, out_f = (4, 7, 4, 7), (8, 4, 2, 4)
   for exact in (True, False):
     ratios = np.array([
-        float(tf.bt_sqnorm(*tf.bt_init(jax.random.key(s), in_f, out_f, 1, 1, scale=2.0,
-                                       exact_norm=exact))) / 256 for s in range(6)])
+        float(tensor_formats.bt_sqnorm(*tensor_formats.bt_init(
+            jax.random.key(s), in_f, out_f, 1, 1, scale=2.0, exact_norm=exact))) / 256
+        for s in range(6)])
     if exact:
       np.testing.assert_allclose(ratios, 2.0, rtol=1e-4)
     else:
       assert np.ptp(np.log(ratios)) > 0.5, ratios
-  tt = tf.tt_init(jax.random.key(3), in_f, out_f, 2, scale=2.0)
-  np.testing.assert_allclose(float(tf.tt_sqnorm(tt)) / 256, 2.0, rtol=1e-4)
+  tt = tensor_formats.tt_init(jax.random.key(3), in_f, out_f, 2, scale=2.0)
+  np.testing.assert_allclose(float(tensor_formats.tt_sqnorm(tt)) / 256, 2.0, rtol=1e-4)
 
 
 def test_float32_and_bfloat16_dtypes():
@@ -504,36 +510,36 @@ def test_bad_factorizations_rejected():
                                       hidden_factors=(2, 3)).init,
                    jax.random.key(0), jnp.ones((2, 3, 24)))
   with pytest.raises(ValueError, match="input_factors must contain positive ints"):
-    tf.bt_num_params((2, 0), (2, 2), 2, 1)
+    tensor_formats.bt_num_params((2, 0), (2, 2), 2, 1)
   with pytest.raises(TypeError, match="output_factors must contain ints"):
-    tf.bt_num_params((2, 2), (2, 2.0), 2, 1)
+    tensor_formats.bt_num_params((2, 2), (2, 2.0), 2, 1)
   with pytest.raises(ValueError, match="same number of modes"):
-    tf.tt_num_params((2, 2), (4,), 2)
+    tensor_formats.tt_num_params((2, 2), (4,), 2)
   with pytest.raises(ValueError, match="rank must be an int or a sequence of 2"):
-    tf.bt_num_params((2, 2), (2, 2), (1, 2, 3), 1)
+    tensor_formats.bt_num_params((2, 2), (2, 2), (1, 2, 3), 1)
   with pytest.raises(ValueError, match="tt_ranks must be an int, a sequence of N-1 = 1"):
-    tf.tt_num_params((2, 2), (2, 2), (1, 2, 3))
+    tensor_formats.tt_num_params((2, 2), (2, 2), (1, 2, 3))
 
 
 def test_bad_arrays_rejected():
-  factors, cores = tf.bt_init(jax.random.key(0), (2, 3), (2, 2), 2, 1)
+  factors, cores = tensor_formats.bt_init(jax.random.key(0), (2, 3), (2, 2), 2, 1)
   with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., I\) with I .* = 6"):
-    tf.bt_matmul(jnp.ones((2, 5)), factors, cores)
+    tensor_formats.bt_matmul(jnp.ones((2, 5)), factors, cores)
   with pytest.raises(TypeError, match="x must be a floating-point"):
-    tf.bt_matmul(jnp.ones((2, 6), jnp.int32), factors, cores)
+    tensor_formats.bt_matmul(jnp.ones((2, 6), jnp.int32), factors, cores)
   with pytest.raises(ValueError, match=r"cores must have shape \(C, R_1, \.\.\., R_N\)"):
-    tf.bt_matmul(jnp.ones((2, 6)), factors, cores[:, :1])
+    tensor_formats.bt_matmul(jnp.ones((2, 6)), factors, cores[:, :1])
   with pytest.raises(ValueError, match="same number of blocks"):
-    tf.bt_dense([factors[0], jnp.concatenate([factors[1]] * 2)], cores)
-  tt = tf.tt_init(jax.random.key(0), (2, 3), (2, 2), 2)
+    tensor_formats.bt_dense([factors[0], jnp.concatenate([factors[1]] * 2)], cores)
+  tt = tensor_formats.tt_init(jax.random.key(0), (2, 3), (2, 2), 2)
   with pytest.raises(ValueError, match=r"cores\[0\]\.shape\[3\] = 2 must equal cores\[1\]"):
-    tf.tt_matmul(jnp.ones((2, 6)), [tt[0], tt[1][:1]])
+    tensor_formats.tt_matmul(jnp.ones((2, 6)), [tt[0], tt[1][:1]])
   with pytest.raises(ValueError, match="boundary ranks must be 1"):
-    tf.tt_dense([jnp.ones((2, 2, 2, 1))])
+    tensor_formats.tt_dense([jnp.ones((2, 2, 2, 1))])
   with pytest.raises(ValueError, match="optimize must be one of"):
-    tf.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize="fastest")
+    tensor_formats.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize="fastest")
   with pytest.raises(ValueError, match="not a valid contraction path"):
-    tf.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize=[(0, 7)])
+    tensor_formats.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize=[(0, 7)])
   with pytest.raises(ValueError, match="cell must be one of"):
     jax.eval_shape(SequenceClassifier(cell="bt_rnn").init, jax.random.key(0),
                    jnp.ones((1, 2, 16)))
@@ -560,10 +566,10 @@ def _all_paths(n):
     (256, (8, 8, 8), (4, 8, 8), 3, 1),
 ])
 def test_optimal_order_is_the_fewest_flops(batch, in_f, out_f, rank, blocks):
-  plan = tf.bt_matmul_flops(batch, in_f, out_f, rank, blocks)
-  f_shapes, c_shape = tf.bt_shapes(in_f, out_f, rank, blocks)
+  plan = tensor_formats.bt_matmul_flops(batch, in_f, out_f, rank, blocks)
+  f_shapes, c_shape = tensor_formats.bt_shapes(in_f, out_f, rank, blocks)
   shapes = [(batch,) + in_f] + f_shapes + [c_shape]
-  brute = min(tf.einsum_path_flops(plan.subscripts, shapes, p)[0]
+  brute = min(tensor_formats.einsum_path_flops(plan.subscripts, shapes, p)[0]
               for p in _all_paths(len(shapes)))
   assert plan.flops == brute
   # Our independent FLOP count agrees with opt_einsum's on the chosen path.
@@ -571,28 +577,29 @@ def test_optimal_order_is_the_fewest_flops(batch, in_f, out_f, rank, blocks):
                                      optimize=list(plan.path))
   assert plan.flops == info.opt_cost
   for other in ["left_to_right", "greedy", "size"]:
-    assert tf.bt_matmul_flops(batch, in_f, out_f, rank, blocks, other).flops >= plan.flops
+    other_plan = tensor_formats.bt_matmul_flops(batch, in_f, out_f, rank, blocks, other)
+    assert other_plan.flops >= plan.flops
   assert plan.dense_flops == 2 * batch * math.prod(in_f) * math.prod(out_f)
 
 
 def test_flops_sanity_for_the_paper_sizes():
   # 784 -> 4 x 256 gates (LSTM): BT with rank 2 is far cheaper than the dense product.
-  plan = tf.bt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 2, 1)
+  plan = tensor_formats.bt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 2, 1)
   assert plan.flops * 10 < plan.dense_flops
-  naive = tf.bt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 2, 1, "left_to_right")
+  naive = tensor_formats.bt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 2, 1, "left_to_right")
   assert plan.flops < naive.flops
-  tt_plan = tf.tt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 4)
+  tt_plan = tensor_formats.tt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 4)
   assert tt_plan.flops < tt_plan.dense_flops
   # The chosen path depends on the batch (cached per shape) and is deterministic.
-  assert tf.bt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 2, 1) == plan
+  assert tensor_formats.bt_matmul_flops(256, (4, 7, 4, 7), (16, 4, 4, 4), 2, 1) == plan
 
 
 def test_balanced_factors():
-  assert tf.balanced_factors(784, 4) == (4, 4, 7, 7)
-  assert tf.balanced_factors(4096, 4) == (8, 8, 8, 8)
-  assert tf.balanced_factors(13, 2) == (1, 13)
+  assert tensor_formats.balanced_factors(784, 4) == (4, 4, 7, 7)
+  assert tensor_formats.balanced_factors(4096, 4) == (8, 8, 8, 8)
+  assert tensor_formats.balanced_factors(13, 2) == (1, 13)
   for n, k in [(256, 4), (57600, 4), (1000, 3)]:
-    f = tf.balanced_factors(n, k)
+    f = tensor_formats.balanced_factors(n, k)
     assert math.prod(f) == n and len(f) == k
 
 

@@ -22,18 +22,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fastnets.checks import pair
+
 # Caffe's "xavier" filler: U(-sqrt(3 / fan_in), sqrt(3 / fan_in)), i.e. variance 1 / fan_in.
 caffe_xavier = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 Size = Union[int, Sequence[int]]
 
 
-def _pair(value: Optional[Size], name: str) -> Optional[tuple[int, int]]:
-  if value is None:
-    return None
-  pair = (value, value) if isinstance(value, int) else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-    raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}.")
-  return pair
+def _optional_pair(value: Optional[Size], name: str) -> Optional[tuple[int, int]]:
+  return None if value is None else pair(value, name)
 
 
 def _check_nhwc(x: jax.Array, min_size: int, what: str) -> None:
@@ -167,8 +164,8 @@ class FastForward(nn.Module):
     if y.ndim != 4 or y.shape[0] != x.shape[0]:
       raise ValueError(f"body must map (N, H, W, C) to (N, H', W', C'), got {x.shape} -> "
                        f"{y.shape}.")
-    strides = _pair(self.strides, "strides")
-    given = _pair(self.kernel_size, "kernel_size")
+    strides = _optional_pair(self.strides, "strides")
+    given = _optional_pair(self.kernel_size, "kernel_size")
     kernel, padding = [], []
     for d in range(2):
       h_in, h_out, s = x.shape[1 + d], y.shape[1 + d], strides[d]

@@ -25,10 +25,10 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from fastnets import ops
-from fastnets.ops.downsample import _pair
+from fastnets.checks import pair
+from fastnets.ops import flops
 
 Target = Union[None, int, Sequence[int], Callable[[tuple[int, int]], Sequence[int]]]
 
@@ -62,7 +62,7 @@ def resolve_target(target: Target, kernel_size: Sequence[int]) -> tuple[int, int
   elif callable(target):
     th, tw = (int(v) for v in target((kh, kw)))
   else:
-    th, tw = _pair(target, "target")
+    th, tw = pair(target, "target")
   if th <= 0 or tw <= 0:
     raise ValueError(f"target must give positive sizes, got {(th, tw)} for kernel {(kh, kw)}.")
   return min(th, kh), min(tw, kw)
@@ -91,7 +91,7 @@ def _pooled_padding(padding, kernel: tuple[int, int], target: tuple[int, int],
   return tuple(out)
 
 
-def _as_pair(value, default: int = 1) -> tuple[int, int]:
+def _aspair(value, default: int = 1) -> tuple[int, int]:
   if value is None:
     return (default, default)
   if isinstance(value, int):
@@ -122,7 +122,7 @@ def _make_interceptor(target: Target, rescale: bool, select: Optional[Callable[[
     params = {"kernel": ops.pool_kernel(kernel, new_size, rescale=rescale)}
     if module.use_bias:
       params["bias"] = module.get_variable("params", "bias")
-    padding = _pooled_padding(module.padding, size, new_size, _as_pair(module.kernel_dilation))
+    padding = _pooled_padding(module.padding, size, new_size, _aspair(module.kernel_dilation))
     pooled = module.clone(parent=None, kernel_size=new_size, padding=padding, mask=None)
     _GUARD.depth += 1
     try:
@@ -178,19 +178,17 @@ def downsampled_apply(model: nn.Module, variables: Any, x: jax.Array, *args: Any
 
 
 def model_conv_flops(model: nn.Module, input_shape: Sequence[int], *, downsampled: bool = False,
-               factor: int = 2, target: Target = None, training_step: bool = True,
-               variables: Any = None) -> int:
-  """Analytic convolution FLOPs of one forward pass or one training step of a Linen model.
+                     factor: int = 2, target: Target = None, training_step: bool = True,
+                     variables: Any = None) -> int:
+  """Analytic convolution FLOPs of a Linen model's full or downsampled forward or training step.
 
-  Traces the model with abstract inputs (nothing is computed) and counts every convolution with
-  `ops.conv_flops_of`. A training step is the forward plus the gradient with respect to the
-  parameters (the backward convs that produce weight and activation gradients; the input's own
-  gradient is not computed), so it is about 3x the forward.
+  `fastnets.ops.flops.model_conv_flops` (the counter) with, when `downsampled`, the model applied
+  through `downsampled_apply` (input pooled by `factor`, kernels by `target`).
 
   Args:
     model: a Linen module called as `model(x, train=...)`.
     input_shape: full-resolution (N, H, W, C).
-    downsampled: count the downsampled step (input pooled by `factor`, kernels by `target`).
+    downsampled: count the downsampled step.
     factor, target: as in `downsampled_apply`.
     training_step: forward + backward (True) or forward only (False).
     variables: the model's variables (default: `model.init` traced abstractly).
@@ -198,22 +196,9 @@ def model_conv_flops(model: nn.Module, input_shape: Sequence[int], *, downsample
   Returns:
     FLOPs (2 per multiply-accumulate) as an int.
   """
-  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  if variables is None:
-    variables = jax.eval_shape(lambda inp: model.init(
-        {"params": jax.random.key(0), "dropout": jax.random.key(0)}, inp, train=False), x)
-  variables = dict(variables)
-  params = variables.pop("params")
-  rngs = {"dropout": jax.random.key(0)}
-
-  def forward(p, rest, inp):
-    full = {"params": p, **rest}
-    kwargs = dict(train=True, rngs=rngs, mutable=list(rest))
-    if downsampled:
-      out, _ = downsampled_apply(model, full, inp, factor=factor, target=target, **kwargs)
-    else:
-      out, _ = model.apply(full, inp, **kwargs)
-    return jnp.sum(out)
-
-  fn = jax.grad(forward) if training_step else forward
-  return ops.conv_flops_of(fn, params, variables, x)
+  apply_fn = None
+  if downsampled:
+    def apply_fn(variables, x, **kwargs):
+      return downsampled_apply(model, variables, x, factor=factor, target=target, **kwargs)
+  return flops.model_conv_flops(model, input_shape, training_step=training_step,
+                                variables=variables, apply_fn=apply_fn)

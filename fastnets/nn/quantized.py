@@ -44,8 +44,8 @@ from typing import Callable, Iterator
 import flax.linen as nn
 import jax
 
+from fastnets.checks import check_key
 from fastnets.ops import low_precision as lp
-from fastnets.ops import numerics
 
 __all__ = ["quantized", "quantized_layer_kind"]
 
@@ -89,7 +89,7 @@ def quantized(config: lp.QuantConfig, key: jax.Array | None = None, *,
   if not isinstance(config, lp.QuantConfig):
     raise TypeError(f"quantized: config must be a QuantConfig, got {type(config).__name__}.")
   if key is not None:
-    key = numerics._check_key(key, "quantized")
+    key = check_key(key, "quantized", purpose="stochastic rounding")
   calls: dict[str, int] = {}
 
   def interceptor(next_fun, args, kwargs, context):

@@ -6,7 +6,7 @@ Custom gradients (`jax.custom_vjp`) live next to the forward function they diffe
 
 # Losses and metrics.
 from fastnets.ops.losses import (  # noqa: F401
-    accuracy, cross_entropy_loss,
+    accuracy, cross_entropy_loss, distillation_kl,
 )
 
 # Reversible residual networks (Gomez et al. 2017).
@@ -43,7 +43,7 @@ from fastnets.ops.pruning import (  # noqa: F401
     sparsity_report, zhu_gupta_sparsity, ZhuGuptaSchedule,
 )
 from fastnets.ops.sparse_conv import (  # noqa: F401
-    conv_flops, sparse_conv2d, sparse_conv2d_reference, SparseKernel, to_dense, to_sparse_kernel,
+    sparse_conv2d, sparse_conv2d_reference, SparseKernel, to_dense, to_sparse_kernel,
 )
 
 # GANs and PacGAN packing (Lin et al. 2018).
@@ -60,8 +60,11 @@ from fastnets.ops.gan_metrics import (  # noqa: F401
 
 # Dynamic input and kernel downsampling (Poulos et al. 2019).
 from fastnets.ops.downsample import (  # noqa: F401
-    conv_flops_of, kernel_pooling_matrix, pool_input, pool_kernel, pooled_size,
+    kernel_pooling_matrix, pool_input, pool_kernel, pooled_size,
 )
+
+# Analytic FLOP counts of convolutions.
+from fastnets.ops.flops import conv_flops, conv_flops_of  # noqa: F401
 
 # Block-Term and Tensor-Train matrices (Ye et al. 2018; Novikov et al. 2015).
 from fastnets.ops.tensor_formats import (  # noqa: F401
@@ -70,7 +73,31 @@ from fastnets.ops.tensor_formats import (  # noqa: F401
     tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes,
 )
 
+# Kernel distances: Cramer-Wold distance (Tabor et al. 2018) and PKT (Passalis & Tefas 2018).
+from fastnets.ops.kernel_distances import (  # noqa: F401
+    cosine_affinities, cramer_wold_distance, cramer_wold_normality, cramer_wold_phi, pkt_loss,
+    retrieval_map, silverman_gamma,
+)
+
+# Second-order pooling: covariance, iSQRT-COV square root (Li et al. 2018), GM-SOP gate.
+from fastnets.ops.second_order import (  # noqa: F401
+    covariance_pool, gate_balance_loss, sqrtm_eigh, sqrtm_newton_schulz, top_k_gates,
+    upper_triangle,
+)
+
+# Binary and integer-only arithmetic: K-TanH (Kundu et al. 2019), ABC-Net (Lin et al. 2017).
+from fastnets.ops.binary import (  # noqa: F401
+    binary_activations, binary_approximation_error, binary_bases, binary_shifts, binary_weights,
+    KTANH_TABLE, ktanh, pack_bits, packed_dot, packed_matmul, packed_words,
+)
+
 __all__ = [
+    "binary_activations", "binary_approximation_error", "binary_bases", "binary_shifts",
+    "binary_weights", "KTANH_TABLE", "ktanh", "pack_bits", "packed_dot", "packed_matmul",
+    "packed_words",
+    "cosine_affinities", "covariance_pool", "cramer_wold_distance", "cramer_wold_normality",
+    "cramer_wold_phi", "distillation_kl", "gate_balance_loss", "pkt_loss", "retrieval_map",
+    "silverman_gamma", "sqrtm_eigh", "sqrtm_newton_schulz", "top_k_gates", "upper_triangle",
     "accuracy", "additive_coupling", "additive_coupling_inverse", "apply_masks",
     "apply_updates_low_precision", "balanced_factors", "BFLOAT16", "bt_dense", "bt_init",
     "bt_init_stddevs", "bt_matmul", "bt_matmul_flops", "bt_num_params", "bt_shapes",

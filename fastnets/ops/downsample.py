@@ -1,4 +1,4 @@
-"""Input and kernel downsampling, and analytic convolution FLOP counting.
+"""Input and kernel downsampling.
 
 Poulos, Nouri and Moshovos (2019), "Training CNNs faster with Dynamic Input and Kernel
 Downsampling": for some mini-batches the input is pooled by a factor (2) and every convolution
@@ -9,33 +9,19 @@ gradient of such a "downsampled" step reaches the full-size kernels. With a 2x s
 The functions here are pure: `pool_input` (NHWC average pooling by an integer factor),
 `pool_kernel` (HWIO kernel averaging to a target size with a stride-1 window), `pooled_size`
 (the default target: about half the kernel), `kernel_pooling_matrix` (the explicit linear map, the
-test oracle) and `conv_flops_of` (FLOPs of every `conv_general_dilated` in a traced function,
-forward or backward). The Flax side (running any model with pooled kernels) is
+test oracle). FLOP counting lives in `fastnets.ops.flops`. The Flax side (running any model with pooled kernels) is
 `fastnets.nn.downsample`; the training-loop option is `fastnets.train.downsampling`.
 """
 
-import math
-from typing import Any, Callable, Sequence, Union
+from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastnets.checks import pair
+
 Size2 = Union[int, Sequence[int]]
-
-
-def _pair(value: Size2, name: str) -> tuple[int, int]:
-  """(a, b) from an int or a length-2 sequence of positive ints; ValueError naming `name`."""
-  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-    pair = (int(value), int(value))
-  elif (isinstance(value, Sequence) and len(value) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
-    pair = (int(value[0]), int(value[1]))
-  else:
-    raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}.")
-  if min(pair) <= 0:
-    raise ValueError(f"{name} must be positive, got {value!r}.")
-  return pair
 
 
 def pool_input(x: jax.Array, factor: Size2 = 2) -> jax.Array:
@@ -55,7 +41,7 @@ def pool_input(x: jax.Array, factor: Size2 = 2) -> jax.Array:
     ValueError: x is not 4-D, the factor is not a positive int (pair), or H, W not divisible.
     TypeError: x is not floating point.
   """
-  fh, fw = _pair(factor, "factor")
+  fh, fw = pair(factor, "factor")
   if x.ndim != 4:
     raise ValueError(f"x must be NHWC (batch, height, width, channels), got shape {x.shape}.")
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -127,7 +113,7 @@ def pool_kernel(kernel: jax.Array, target: Size2 = (2, 2), rescale: bool = True)
       pool") or not positive.
     TypeError: kernel not floating point.
   """
-  th, tw = _pair(target, "target")
+  th, tw = pair(target, "target")
   if kernel.ndim != 4:
     raise ValueError(f"kernel must be HWIO (kh, kw, in, out), got shape {kernel.shape}.")
   if not jnp.issubdtype(kernel.dtype, jnp.floating):
@@ -143,75 +129,3 @@ def pool_kernel(kernel: jax.Array, target: Size2 = (2, 2), rescale: bool = True)
   total = sum(kernel[a:a + th, b:b + tw] for a in range(wh) for b in range(ww))
   scale = (1.0 / (wh * ww)) * ((kh * kw) / (th * tw) if rescale else 1.0)
   return (total * scale).astype(kernel.dtype)
-
-
-def _conv_eqn_flops(eqn) -> int:
-  """2 x (MACs) of one conv_general_dilated equation, whatever its dimension numbers.
-
-  Every output element is a dot product over the rhs's input-feature dim and its spatial window,
-  so FLOPs = 2 * prod(out shape) * rhs_in_features * prod(rhs spatial). This holds for the
-  forward conv and for both backward convs XLA/JAX emit (the weight gradient contracts over the
-  batch, which appears as the rhs "in-feature" dim), and for grouped convs (rhs in-feature is
-  already in / groups). Taps that fall on the zeros of an lhs (input) dilation are not counted,
-  so the input gradient of a strided conv costs what its forward costs.
-  """
-  rhs_shape = eqn.invars[1].aval.shape
-  out_shape = eqn.outvars[0].aval.shape
-  rhs_spec = eqn.params["dimension_numbers"].rhs_spec
-  macs = math.prod(out_shape) * rhs_shape[rhs_spec[1]] * math.prod(
-      rhs_shape[d] for d in rhs_spec[2:])
-  # The input gradient of a strided conv is a conv over the input-dilated (zero-interleaved)
-  # output gradient: only 1 / prod(lhs_dilation) of its taps multiply non-zeros.
-  macs /= math.prod(eqn.params.get("lhs_dilation") or (1,))
-  return 2 * int(round(macs))
-
-
-def _jaxpr_conv_flops(jaxpr, multiplier: int = 1) -> list[dict]:
-  records = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "conv_general_dilated":
-      records.append({
-          "lhs": tuple(eqn.invars[0].aval.shape), "rhs": tuple(eqn.invars[1].aval.shape),
-          "out": tuple(eqn.outvars[0].aval.shape), "flops": multiplier * _conv_eqn_flops(eqn)})
-      continue
-    inner_mult = multiplier * int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" \
-        else multiplier
-    subs = []
-    for value in eqn.params.values():
-      for item in (value if isinstance(value, (tuple, list)) else (value,)):
-        if isinstance(item, jax.extend.core.ClosedJaxpr):
-          subs.append(item.jaxpr)
-        elif isinstance(item, jax.extend.core.Jaxpr):
-          subs.append(item)
-    if eqn.primitive.name == "cond":  # Only one branch runs: count the most expensive.
-      branches = [_jaxpr_conv_flops(sub, inner_mult) for sub in subs]
-      records.extend(max(branches, key=lambda r: sum(x["flops"] for x in r), default=[]))
-    else:  # pjit, remat, custom_jvp/vjp calls, scan (x length), while (body counted once).
-      for sub in subs:
-        records.extend(_jaxpr_conv_flops(sub, inner_mult))
-  return records
-
-
-def conv_flops_of(fn: Callable[..., Any], *args: Any, per_conv: bool = False,
-                  **kwargs: Any) -> Union[int, list[dict]]:
-  """Analytic FLOPs of all convolutions that `fn(*args, **kwargs)` executes.
-
-  Traces `fn` to a jaxpr (nothing runs; args may be `jax.ShapeDtypeStruct`s) and adds
-  2 x multiply-accumulates of every `lax.conv_general_dilated` in it, including nested jaxprs
-  (jit, remat, custom_vjp, scan bodies times their length; the costliest branch of a cond; a
-  while body once). Pass a gradient function to count the backward convolutions too: then the
-  count is the whole training step's conv FLOPs (about 3x the forward). Zero padding is counted
-  as work, as is usual for analytic counts. For one convolution given by shapes (and the FLOPs of
-  its sparse version) see `fastnets.ops.conv_flops`.
-
-  Args:
-    fn: any JAX-traceable function.
-    *args, **kwargs: its arguments (arrays or ShapeDtypeStructs).
-    per_conv: return one record per conv {"lhs", "rhs", "out", "flops"} instead of the total.
-
-  Returns:
-    The total FLOPs (int) or the per-conv records.
-  """
-  closed = jax.make_jaxpr(fn)(*args, **kwargs)
-  records = _jaxpr_conv_flops(closed.jaxpr)
-  return records if per_conv else int(sum(r["flops"] for r in records))

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets.ops.hadamard import _is_power_of_two, fwht, next_power_of_two, pad_to_power_of_two
+from fastnets.checks import check_key, is_power_of_two, next_power_of_two
+from fastnets.ops.hadamard import fwht, pad_to_power_of_two
 
 __all__ = [
     "FastfoodParams",
@@ -61,12 +62,6 @@ class FastfoodParams(NamedTuple):
   G: jax.Array
   B: jax.Array
   perm: jax.Array
-
-
-def _check_key(key, fn_name):
-  if not isinstance(key, jax.Array) or not (
-      jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == jnp.uint32 and key.shape == (2,))):
-    raise TypeError(f"{fn_name}: key must be a jax.random key (jax.random.key(seed)), got {key!r}")
 
 
 def _check_positive_int(value, name, fn_name):
@@ -99,9 +94,9 @@ def fastfood_params_init(key: jax.Array, d: int, n_blocks: int, *, scale: float 
     TypeError: if `key` is not a PRNG key.
     ValueError: if `d` is not a power of two or `n_blocks` is not a positive int.
   """
-  _check_key(key, "fastfood_params_init")
+  check_key(key, "fastfood_params_init")
   d = _check_positive_int(d, "d", "fastfood_params_init")
-  if not _is_power_of_two(d):
+  if not is_power_of_two(d):
     raise ValueError(f"fastfood_params_init: d must be a power of two, got {d} "
                      f"(use next_power_of_two({d}) = {next_power_of_two(d)})")
   n_blocks = _check_positive_int(n_blocks, "n_blocks", "fastfood_params_init")
@@ -156,7 +151,7 @@ def fastfood_scaling_init(key: jax.Array, G: jax.Array, *, scale: float = 1.0,
   Returns:
     `(n_blocks, d)` array.
   """
-  _check_key(key, "fastfood_scaling_init")
+  check_key(key, "fastfood_scaling_init")
   G = jnp.asarray(G, jnp.float32)
   d = G.shape[-1]
   s = _sample_chi(key, d, G.shape)
@@ -166,7 +161,7 @@ def fastfood_scaling_init(key: jax.Array, G: jax.Array, *, scale: float = 1.0,
 
 def fastfood_permutations(key: jax.Array, n_blocks: int, d: int) -> jax.Array:
   """`(n_blocks, d)` int32: an independent uniform random permutation of `range(d)` per block."""
-  _check_key(key, "fastfood_permutations")
+  check_key(key, "fastfood_permutations")
   # argsort of i.i.d. random 32-bit words: one sort for all blocks (much cheaper to compile than a
   # vmapped `jax.random.permutation`); ties are rare (probability ~ d^2 / 2^33) and argsort returns
   # a permutation regardless.
@@ -232,7 +227,7 @@ def fastfood_transform(x: jax.Array, S: jax.Array, G: jax.Array, B: jax.Array, p
         "fastfood_transform: S, G, B and perm must all have shape (n_blocks, d), got "
         f"{S.shape}, {G.shape}, {B.shape}, {perm.shape}")
   n_blocks, d = S.shape
-  if not _is_power_of_two(d):
+  if not is_power_of_two(d):
     raise ValueError(f"fastfood_transform: block size d must be a power of two, got {d}")
   if x.ndim < 1 or x.shape[-1] != d:
     raise ValueError(
@@ -323,7 +318,7 @@ def fastfood_rbf_features(key_or_params, x: jax.Array, num_features: int, sigma:
   if isinstance(key_or_params, FastfoodParams):
     params = key_or_params
   else:
-    _check_key(key_or_params, "fastfood_rbf_features")
+    check_key(key_or_params, "fastfood_rbf_features")
     params = fastfood_rbf_params(key_or_params, x.shape[-1], num_features)
   n_blocks, d = params.S.shape
   if d != next_power_of_two(x.shape[-1]) or n_blocks * d < num_features:

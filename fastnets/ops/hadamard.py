@@ -27,7 +27,9 @@ quiet machine, it took 0.59-0.68x FFHT's time on one thread at n = 2^10 .. 2^14,
 than the dense matmul at n = 4096 (`python -m experiments.bench_fastfood --quick`). Without a
 compiler, `impl="auto"` falls back to the XLA path with a warning.
 
-Pallas path: `fastnets.kernels.hadamard` (Triton backend), for GPUs; see there.
+Pallas path: `fastnets.kernels.hadamard` (Triton backend), for GPUs; see there. `fwht` checks its
+arguments, picks the implementation (`choose_fwht_impl`) and dispatches; the XLA and native paths
+share the custom VJP below, the Pallas kernel carries its own.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastnets.checks import is_power_of_two, next_power_of_two
+from fastnets.kernels import hadamard as hadamard_kernel
+from fastnets.kernels import native
+
 __all__ = [
+    "choose_fwht_impl",
     "fwht",
     "hadamard_matrix",
     "next_power_of_two",
@@ -50,31 +57,6 @@ _IMPLS = ("auto", "xla", "native", "pallas")
 # Largest Kronecker factor (radix) of the XLA path and the chunk size (elements) of `lax.map`.
 _MAX_RADIX = 64
 _CHUNK_ELEMENTS = 2**20
-
-
-def next_power_of_two(n: int) -> int:
-  """Smallest power of two that is >= `n`.
-
-  Args:
-    n: a positive Python int.
-
-  Returns:
-    `2 ** ceil(log2(n))` as a Python int (1 for n = 1).
-
-  Raises:
-    TypeError: if `n` is not an int.
-    ValueError: if `n < 1`.
-  """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-    raise TypeError(f"next_power_of_two: n must be a positive int, got {n!r}")
-  n = int(n)
-  if n < 1:
-    raise ValueError(f"next_power_of_two: n must be a positive int, got {n}")
-  return 1 << (n - 1).bit_length()
-
-
-def _is_power_of_two(n: int) -> bool:
-  return n >= 1 and (n & (n - 1)) == 0
 
 
 def _normalize_axis(x, axis, fn_name: str) -> int:
@@ -147,7 +129,7 @@ def hadamard_matrix(n: int, dtype=jnp.float32) -> jax.Array:
   Raises:
     ValueError: if `n` is not a power of two.
   """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not _is_power_of_two(int(n)):
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not is_power_of_two(int(n)):
     raise ValueError(f"hadamard_matrix: n must be a power of two, got {n!r}")
   return jnp.asarray(_sylvester_np(int(n)), dtype)
 
@@ -216,19 +198,7 @@ def _fwht_xla(x: jax.Array, axis: int, scale: float) -> jax.Array:
   return y.reshape(shape).astype(x.dtype)
 
 
-def _fwht_pallas(x: jax.Array, axis: int, normalize: bool) -> jax.Array:
-  from fastnets.kernels import hadamard as kernel  # pylint: disable=g-import-not-at-top
-
-  # Off a GPU the kernel runs in the Pallas interpreter (slow, but the same code and exact).
-  interpret = jax.default_backend() != "gpu"
-  y = jnp.moveaxis(x, axis, -1)
-  y = kernel.fwht_pallas(y, normalize=normalize, interpret=interpret)
-  return jnp.moveaxis(y, -1, axis)
-
-
 def _fwht_native(x: jax.Array, axis: int, scale: float) -> jax.Array:
-  from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
-
   shape = x.shape
   n = shape[axis]
   view = (math.prod(shape[:axis]), n, math.prod(shape[axis + 1:]))
@@ -236,14 +206,17 @@ def _fwht_native(x: jax.Array, axis: int, scale: float) -> jax.Array:
   return y.reshape(shape).astype(x.dtype)
 
 
-def _choose_impl(impl: str, n: int, dtype) -> str:
+def choose_fwht_impl(impl: str, n: int, dtype) -> str:
+  """The implementation `fwht(impl=impl)` runs for length `n` and `dtype` on this backend.
+
+  "auto" becomes "pallas" on a GPU when the kernel supports (n, dtype), "native" on a CPU when the
+  C++ kernel builds (with a one-time warning when it does not), and "xla" otherwise; any other
+  value is returned unchanged.
+  """
   if impl != "auto":
     return impl
-  from fastnets.kernels import hadamard as kernel  # pylint: disable=g-import-not-at-top
-  from fastnets.kernels import native  # pylint: disable=g-import-not-at-top
-
   backend = jax.default_backend()
-  if backend == "gpu" and kernel.supports(n, dtype):
+  if backend == "gpu" and hadamard_kernel.supports(n, dtype):
     return "pallas"
   if backend == "cpu":
     if native.available():
@@ -255,20 +228,16 @@ def _choose_impl(impl: str, n: int, dtype) -> str:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _fwht(x, axis, normalize, impl):
   n = x.shape[axis]
-  chosen = _choose_impl(impl, n, x.dtype)
-  if chosen == "pallas":
-    return _fwht_pallas(x, axis, normalize)
   scale = 1.0 / math.sqrt(n) if normalize else 1.0
-  if chosen == "native":
+  if impl == "native":
     return _fwht_native(x, axis, scale)
   return _fwht_xla(x, axis, scale)
 
 
 # custom_vjp: the transform is linear and H is symmetric, so the VJP of y = H x is g -> H g (with
 # the same scaling). Nothing is saved for the backward pass (no residuals) and nothing of the forward
-# is recomputed: the backward is one more forward transform of the cotangent. This keeps the
-# backward pass as fast as the forward (the Pallas kernel is not differentiable by autodiff, and
-# autodiff of the XLA path would transpose each matmul and reshape instead of reusing them).
+# is recomputed: the backward is one more forward transform of the cotangent (autodiff of the XLA
+# path would transpose each matmul and reshape instead of reusing them).
 def _fwht_fwd(x, axis, normalize, impl):
   return _fwht(x, axis, normalize, impl), None
 
@@ -280,7 +249,8 @@ def _fwht_bwd(axis, normalize, impl, _, g):
 _fwht.defvjp(_fwht_fwd, _fwht_bwd)
 
 
-def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "auto") -> jax.Array:
+def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "auto", *,
+         interpret: bool = False) -> jax.Array:
   """Fast Walsh-Hadamard transform of `x` along `axis`, in Sylvester (natural) order.
 
   Computes `y = x @ H_n` along `axis` (equivalently `H_n x`, H is symmetric), with `H_n` the
@@ -297,9 +267,11 @@ def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "aut
     normalize: if True, scale by `1 / sqrt(n)` (orthonormal transform).
     impl: "xla" (Kronecker-factorised matmuls, any backend), "native" (the C++ SIMD kernel of
       `fastnets.kernels.native`, CPU only, built on first use), "pallas" (the Triton kernel in
-      `fastnets.kernels.hadamard`, for 16 <= n <= 2^14, float32/bfloat16/float16; run in the Pallas
-      interpreter off a GPU), or "auto" (pallas on a GPU when supported, native on a CPU when it
-      builds, xla otherwise).
+      `fastnets.kernels.hadamard`, for 16 <= n <= 2^14, float32/bfloat16/float16; off a GPU only
+      with `interpret=True`), or "auto" (pallas on a GPU when supported, native on a CPU when it
+      builds, xla otherwise; see `choose_fwht_impl`).
+    interpret: run the Pallas kernel in the Pallas interpreter (for tests on a CPU). Only
+      meaningful with `impl="pallas"`; `impl="auto"` never picks the interpreter.
 
   Returns:
     Array of the same shape and dtype as `x`.
@@ -308,7 +280,7 @@ def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "aut
     TypeError: if `x` is not of a floating dtype.
     ValueError: if `axis` is out of range, the length of `axis` is not a power of two (pad first
       with `pad_to_power_of_two(x, axis=...)`), `impl` is unknown, or `impl="pallas"` does not
-      support the length or dtype.
+      support the length or dtype, or runs off a GPU without `interpret=True`.
     fastnets.kernels.native.NativeBuildError: if `impl="native"` and the kernel cannot be built.
   """
   if not hasattr(x, "dtype"):
@@ -318,7 +290,7 @@ def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "aut
         f"fwht: x must have a floating dtype (float32, bfloat16, float16, float64), got {x.dtype}")
   axis = _normalize_axis(x, axis, "fwht")
   n = x.shape[axis]
-  if not _is_power_of_two(n):
+  if not is_power_of_two(n):
     raise ValueError(
         f"fwht: the length of axis {axis} of x (shape {x.shape}) is {n}, which is not a power of "
         f"two; zero-pad it first with fastnets.ops.pad_to_power_of_two(x, axis={axis}) "
@@ -326,13 +298,21 @@ def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "aut
   if impl not in _IMPLS:
     raise ValueError(f"fwht: impl must be one of {_IMPLS}, got {impl!r}")
   if impl == "pallas":
-    from fastnets.kernels import hadamard as kernel  # pylint: disable=g-import-not-at-top
-
-    if not kernel.supports(n, x.dtype):
+    if not hadamard_kernel.supports(n, x.dtype):
       raise ValueError(
-          f"fwht: impl='pallas' supports lengths {kernel.MIN_N} <= n <= {kernel.MAX_N} and dtypes "
-          f"float32/bfloat16/float16, got n={n}, dtype={x.dtype}; use impl='xla' or 'auto'")
+          f"fwht: impl='pallas' supports lengths {hadamard_kernel.MIN_N} <= n <= "
+          f"{hadamard_kernel.MAX_N} and dtypes float32/bfloat16/float16, got n={n}, "
+          f"dtype={x.dtype}; use impl='xla' or 'auto'")
+    if not interpret and jax.default_backend() != "gpu":
+      raise ValueError(
+          f"fwht: impl='pallas' needs a GPU (the backend is {jax.default_backend()!r}); pass "
+          "interpret=True to run the kernel in the Pallas interpreter, or use impl='xla'.")
   x = jnp.asarray(x)
   if x.size == 0:
     return x
-  return _fwht(x, axis, bool(normalize), impl)
+  chosen = choose_fwht_impl(impl, n, x.dtype)
+  if chosen == "pallas":
+    y = hadamard_kernel.fwht(jnp.moveaxis(x, axis, -1), normalize=normalize,
+                             interpret=interpret)
+    return jnp.moveaxis(y, -1, axis)
+  return _fwht(x, axis, bool(normalize), chosen)

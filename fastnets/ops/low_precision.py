@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from fastnets.checks import check_choice, check_key
 from fastnets.ops import numerics
 from fastnets.ops.numerics import FixedPoint, FloatFormat, Format, FormatSpec
 
@@ -71,7 +72,7 @@ def _chunked_matmul_impl(a: jax.Array, b: jax.Array, acc_fmt: Format, chunk: int
     b = jnp.pad(b, ((0, pad), (0, 0)))
   a3 = a.reshape(m, nc, c).transpose(2, 0, 1)  # (c, M, nc): step j holds element j of every chunk
   b3 = b.reshape(nc, c, n).transpose(1, 0, 2)  # (c, nc, N)
-  rnd = functools.partial(numerics._round_bits, fmt=acc_fmt, rbits=None)
+  rnd = functools.partial(numerics.round_bits, fmt=acc_fmt, rbits=None)
 
   def within_chunk(s, ab):
     ak, bk = ab
@@ -298,8 +299,8 @@ class QuantConfig:
       value = getattr(self, name)
       if value is not None and not isinstance(value, (FixedPoint, FloatFormat)):
         raise TypeError(f"QuantConfig.{name} must be a FixedPoint, FloatFormat or None, got {value!r}.")
-    for name, choices in (("mode", numerics._ROUNDING_MODES), ("grad_mode", numerics._ROUNDING_MODES),
-                          ("rng", numerics._RNG_SOURCES)):
+    for name, choices in (("mode", numerics.ROUNDING_MODES), ("grad_mode", numerics.ROUNDING_MODES),
+                          ("rng", numerics.RNG_SOURCES)):
       if getattr(self, name) not in choices:
         raise ValueError(f"QuantConfig.{name} must be one of {choices}, got {getattr(self, name)!r}.")
     _check_acc(self.accumulation, self.chunk, "QuantConfig")
@@ -316,7 +317,7 @@ def _config_keys(config: QuantConfig, key: jax.Array | None, fn: str):
     raise TypeError(f"{fn}: config must be a QuantConfig, got {type(config).__name__}.")
   if not config.needs_key:
     return [None] * 5
-  key = numerics._check_key(key, fn)
+  key = check_key(key, fn, purpose="stochastic rounding")
   return [jax.random.fold_in(key, i) for i in range(5)]
 
 
@@ -407,7 +408,7 @@ class RoundToFormatState(NamedTuple):
 def _as_key(key: Any, fn: str) -> jax.Array:
   if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
     return jax.random.key(int(key))
-  return numerics._check_key(key, fn)
+  return check_key(key, fn, purpose="stochastic rounding")
 
 
 def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
@@ -416,7 +417,7 @@ def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
   u_leaves = treedef.flatten_up_to(updates)
   new_p, new_u = [], []
   for i, ((path, p), u) in enumerate(zip(p_leaves, u_leaves)):
-    leaf_fmt = numerics._leaf_format(fmt, path, p) if u is not None else None
+    leaf_fmt = numerics.leaf_format(fmt, path, p) if u is not None else None
     if leaf_fmt is None:
       new_p.append(None if u is None else p + u)
       new_u.append(u)
@@ -426,7 +427,7 @@ def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
     p32 = p.astype(cdt)
     target = p32 + jnp.asarray(u).astype(cdt)
     leaf_key = jax.random.fold_in(key, i) if mode == "stochastic" else None
-    q = numerics._round_mode(target, leaf_fmt, mode, leaf_key, rng, "round_to_format")
+    q = numerics.round_with_mode(target, leaf_fmt, mode, leaf_key, rng)
     new_p.append(q.astype(p.dtype))
     new_u.append(q - p32)
   return treedef.unflatten(new_p), treedef.unflatten(new_u)
@@ -465,11 +466,11 @@ def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: int | jax
   Raises:
     ValueError: update called without params; bad mode/rng.
   """
-  numerics._check_choice("mode", mode, numerics._ROUNDING_MODES, "round_to_format")
-  numerics._check_choice("rng", rng, numerics._RNG_SOURCES, "round_to_format")
+  check_choice("mode", mode, numerics.ROUNDING_MODES, "round_to_format")
+  check_choice("rng", rng, numerics.RNG_SOURCES, "round_to_format")
   base_key = _as_key(key, "round_to_format")
   if not callable(fmt) or isinstance(fmt, (FixedPoint, FloatFormat)):
-    numerics._leaf_format(fmt, (), jnp.zeros(()))  # validates now; a callable is checked per leaf
+    numerics.leaf_format(fmt, (), jnp.zeros(()))  # validates now; a callable is checked per leaf
 
   def init_fn(params):
     del params
@@ -517,9 +518,9 @@ def apply_updates_low_precision(params: Any, updates: Any, fmt: FormatSpec,
     mode: "stochastic" (default) or "nearest".
     rng: "hash" or "jax".
   """
-  numerics._check_choice("mode", mode, numerics._ROUNDING_MODES, "apply_updates_low_precision")
-  numerics._check_choice("rng", rng, numerics._RNG_SOURCES, "apply_updates_low_precision")
+  check_choice("mode", mode, numerics.ROUNDING_MODES, "apply_updates_low_precision")
+  check_choice("rng", rng, numerics.RNG_SOURCES, "apply_updates_low_precision")
   if mode == "stochastic":
-    key = numerics._check_key(key, "apply_updates_low_precision")
+    key = check_key(key, "apply_updates_low_precision", purpose="stochastic rounding")
   new_params, _ = _round_params(params, updates, fmt, mode, key, rng)
   return new_params

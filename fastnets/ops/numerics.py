@@ -91,6 +91,8 @@ import ml_dtypes
 import numpy as np
 from jax import lax
 
+from fastnets.checks import check_choice, check_key
+
 __all__ = [
     "FixedPoint", "FloatFormat", "Format", "BFLOAT16", "FLOAT16", "FP8_E4M3", "FP8_E5M2",
     "FP16_WANG", "FLOAT32", "round_nearest", "stochastic_round", "to_native", "is_representable",
@@ -98,8 +100,8 @@ __all__ = [
 ]
 
 _OVERFLOW_MODES = ("inf", "saturate")
-_ROUNDING_MODES = ("nearest", "stochastic")
-_RNG_SOURCES = ("hash", "jax")
+ROUNDING_MODES = ("nearest", "stochastic")
+RNG_SOURCES = ("hash", "jax")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -332,7 +334,7 @@ def _bounds(fmt: Format, dtype) -> tuple[float, float]:
   return hi, lo
 
 
-def _round_bits(x: jax.Array, fmt: Format, rbits: jax.Array | None) -> jax.Array:
+def round_bits(x: jax.Array, fmt: Format, rbits: jax.Array | None) -> jax.Array:
   """Rounds x (any accepted float dtype) to fmt; nearest-even if rbits is None, else stochastic.
 
   rbits: uniform random unsigned integers of the container width (uint32; uint64 for float64 x),
@@ -418,22 +420,6 @@ def _fmix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def _check_key(key: Any, fn: str) -> jax.Array:
-  if key is None:
-    raise ValueError(f"{fn}: stochastic rounding needs a PRNG key (e.g. jax.random.key(0)); got None.")
-  if not isinstance(key, jax.Array) and not hasattr(key, "dtype"):
-    raise TypeError(f"{fn}: key must be a jax.random key array, got {type(key).__name__}.")
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if key.shape != ():
-      raise ValueError(f"{fn}: key must be a single key of shape (), got shape {key.shape}.")
-  elif key.dtype == jnp.uint32 and key.ndim == 1:
-    pass  # raw legacy key such as jax.random.PRNGKey(0)
-  else:
-    raise TypeError(f"{fn}: key must be a jax.random key (jax.random.key(seed)) or a raw uint32 "
-                    f"key, got dtype {key.dtype} shape {key.shape}.")
-  return key
-
-
 def _key_words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Two uint32 seeds derived from all words of the key."""
   data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
@@ -480,7 +466,7 @@ def _random_bits(key: jax.Array, shape: tuple[int, ...], c: _Container, rng: str
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _ste_round_impl(x, rbits, fmt):
-  return _round_bits(x, fmt, rbits)
+  return round_bits(x, fmt, rbits)
 
 
 @_ste_round_impl.defjvp
@@ -492,7 +478,7 @@ def _ste_round_jvp(fmt, primals, tangents):
 
 # jit with the format static: one fused XLA kernel even when called eagerly (inlined under jit).
 _ste_round = jax.jit(_ste_round_impl, static_argnums=(2,))
-_round_bits_jit = jax.jit(_round_bits, static_argnums=(1,))
+_round_bits_jit = jax.jit(round_bits, static_argnums=(1,))
 
 
 def round_nearest(x: jax.Array, fmt: Format) -> jax.Array:
@@ -518,11 +504,6 @@ def round_nearest(x: jax.Array, fmt: Format) -> jax.Array:
   return _ste_round(x, None, fmt)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...], fn: str) -> None:
-  if value not in choices:
-    raise ValueError(f"{fn}: {name} must be one of {choices}, got {value!r}.")
-
-
 def stochastic_round(key: jax.Array, x: jax.Array, fmt: Format, *, rng: str = "hash") -> jax.Array:
   """Stochastic rounding (Gupta Eq. 2; Wang Sec. 3.3): rounds up with probability frac/step.
 
@@ -542,10 +523,10 @@ def stochastic_round(key: jax.Array, x: jax.Array, fmt: Format, *, rng: str = "h
   Raises:
     ValueError: key is None, or rng unknown. TypeError: bad key, x dtype or fmt.
   """
-  key = _check_key(key, "stochastic_round")
+  key = check_key(key, "stochastic_round", purpose="stochastic rounding")
   x = _check_input(x, "stochastic_round")
   _check_format(fmt)
-  _check_choice("rng", rng, _RNG_SOURCES, "stochastic_round")
+  check_choice("rng", rng, RNG_SOURCES, "stochastic_round")
   rbits = _random_bits(key, x.shape, _container(x.dtype), rng)
   return _ste_round(x, rbits, fmt)
 
@@ -582,9 +563,9 @@ def is_representable(x: jax.Array, fmt: Format) -> jax.Array:
 # Quantisation ops for training.
 
 
-def _round_mode(x, fmt, mode, key, rng, fn):
-  """Rounds without a custom derivative (for gradients and parameter updates)."""
-  del fn
+def round_with_mode(x, fmt, mode, key, rng):
+  """Rounds `x` to `fmt` by `mode` ("nearest" or "stochastic" with `key` and `rng`), with no
+  custom derivative: for gradients and parameter updates. Arguments are not checked."""
   if mode == "nearest":
     return _round_bits_jit(x, fmt, None)
   rbits = _random_bits(key, x.shape, _container(x.dtype), rng)
@@ -595,10 +576,10 @@ def _check_quant_args(x, fmt, mode, key, rng, fn):
   x = _check_input(x, fn)
   if fmt is not None:
     _check_format(fmt)
-  _check_choice("mode", mode, _ROUNDING_MODES, fn)
-  _check_choice("rng", rng, _RNG_SOURCES, fn)
+  check_choice("mode", mode, ROUNDING_MODES, fn)
+  check_choice("rng", rng, RNG_SOURCES, fn)
   if mode == "stochastic" and fmt is not None:
-    key = _check_key(key, fn)
+    key = check_key(key, fn, purpose="stochastic rounding")
   return x, key
 
 
@@ -639,7 +620,7 @@ def _quantize_grad_fwd(x, key, fmt, mode, rng):
 
 
 def _quantize_grad_bwd(fmt, mode, rng, key, g):
-  return _round_mode(g, fmt, mode, key, rng, "quantize_grad"), None
+  return round_with_mode(g, fmt, mode, key, rng), None
 
 
 _quantize_grad.defvjp(_quantize_grad_fwd, _quantize_grad_bwd)
@@ -675,7 +656,9 @@ def quantize_grad(x: jax.Array, fmt: Format | None, mode: str = "nearest",
 FormatSpec = Union[Format, None, Callable[[tuple, jax.Array], Union[Format, None]]]
 
 
-def _leaf_format(fmt_spec: FormatSpec, path: tuple, leaf: Any) -> Format | None:
+def leaf_format(fmt_spec: FormatSpec, path: tuple, leaf: Any) -> Format | None:
+  """The format of one pytree leaf under `fmt_spec` (a format, None, or a callable
+  `(path, leaf) -> format`); None for non-float leaves, which are never rounded."""
   if fmt_spec is None or isinstance(fmt_spec, (FixedPoint, FloatFormat)):
     fmt = fmt_spec
   elif callable(fmt_spec):
@@ -705,13 +688,13 @@ def quantize_tree(tree: Any, fmt: FormatSpec, mode: str = "nearest", key: jax.Ar
   Returns:
     A pytree of the same structure with rounded float leaves (straight-through gradients).
   """
-  _check_choice("mode", mode, _ROUNDING_MODES, "quantize_tree")
+  check_choice("mode", mode, ROUNDING_MODES, "quantize_tree")
   if mode == "stochastic":
-    key = _check_key(key, "quantize_tree")
+    key = check_key(key, "quantize_tree", purpose="stochastic rounding")
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   out = []
   for i, (path, leaf) in enumerate(leaves):
-    leaf_fmt = _leaf_format(fmt, path, leaf)
+    leaf_fmt = leaf_format(fmt, path, leaf)
     if leaf_fmt is None:
       out.append(leaf)
       continue

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fastnets.checks import check_key
+
 PyTree = Any
 BlockFn = Callable[..., Any]
 
@@ -208,15 +210,6 @@ def _num_stacked(params: PyTree, num_blocks: int | None) -> int:
   return n
 
 
-def _check_key(key) -> None:
-  if key is None:
-    return
-  if not hasattr(key, "dtype") or not (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                       or (key.dtype == jnp.uint32 and key.shape == (2,))):
-    raise TypeError("key must be a jax.random key (jax.random.key(...) or PRNGKey), got "
-                    f"{getattr(key, 'dtype', type(key).__name__)}.")
-
-
 @dataclasses.dataclass(frozen=True)
 class _Spec:
   """Static description of a sequence: the functions and how to call them."""
@@ -236,7 +229,7 @@ def _make_spec(f, g, params, x, key, axis, has_aux, num_blocks, name="x", unroll
   axis = _check_x(x, axis, name)
   if not (unroll is True or (type(unroll) is int and unroll >= 1)):
     raise ValueError(f"unroll must be a positive int or True, got {unroll!r}.")
-  _check_key(key)
+  check_key(key, "reversible_sequence", optional=True)
   if callable(f) != callable(g):
     raise TypeError("f and g must both be callables (stacked params) or both be sequences of "
                     "callables (one per block).")

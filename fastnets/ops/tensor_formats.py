@@ -76,7 +76,7 @@ class ContractionPlan(NamedTuple):
 # Validation and small helpers.
 
 
-def _as_factors(factors, name: str) -> tuple[int, ...]:
+def as_factors(factors, name: str) -> tuple[int, ...]:
   """Checks a factorisation argument: a non-empty sequence of positive Python ints."""
   if isinstance(factors, (int, str)) or not isinstance(factors, Sequence):
     raise TypeError(f"{name} must be a non-empty sequence of positive ints (e.g. (4, 7, 4, 7)), "
@@ -109,7 +109,7 @@ def check_factorization(dim: int, factors: Sequence[int], name: str = "factors",
     ValueError: a factor is not positive, or the product differs from `dim`; the message
       suggests a balanced factorisation of `dim`.
   """
-  factors = _as_factors(factors, name)
+  factors = as_factors(factors, name)
   if math.prod(factors) != dim:
     raise ValueError(
         f"{name}={factors} multiply to {math.prod(factors)}, but {dim_name} is {dim}: the product "
@@ -159,7 +159,7 @@ def balanced_factors(n: int, num_factors: int) -> tuple[int, ...]:
 def _bt_ranks(rank, num_modes: int, name: str = "rank") -> tuple[int, ...]:
   if isinstance(rank, int) and not isinstance(rank, bool):
     rank = (rank,) * num_modes
-  ranks = _as_factors(rank, name)
+  ranks = as_factors(rank, name)
   if len(ranks) != num_modes:
     raise ValueError(f"{name} must be an int or a sequence of {num_modes} ints (one per mode), "
                      f"got {rank!r}.")
@@ -173,7 +173,7 @@ def _tt_ranks(tt_ranks, num_modes: int, name: str = "tt_ranks") -> tuple[int, ..
   if isinstance(tt_ranks, Sequence) and not isinstance(tt_ranks, str) and len(tt_ranks) == 0:
     ranks = ()  # N = 1: no inner ranks.
   else:
-    ranks = _as_factors(tt_ranks, name)
+    ranks = as_factors(tt_ranks, name)
   if len(ranks) == num_modes - 1:
     return (1,) + ranks + (1,)
   if len(ranks) == num_modes + 1 and ranks[0] == 1 and ranks[-1] == 1:
@@ -206,11 +206,11 @@ def bt_num_params(input_factors: Sequence[int], output_factors: Sequence[int],
     rank: Tucker rank R (int) or per-mode ranks (R_1, ..., R_N).
     num_blocks: number C of Tucker blocks.
   """
-  i_f = _as_factors(input_factors, "input_factors")
-  j_f = _as_factors(output_factors, "output_factors")
+  i_f = as_factors(input_factors, "input_factors")
+  j_f = as_factors(output_factors, "output_factors")
   _check_same_length(i_f, j_f)
   ranks = _bt_ranks(rank, len(i_f))
-  (c,) = _as_factors((num_blocks,), "num_blocks")
+  (c,) = as_factors((num_blocks,), "num_blocks")
   return c * (sum(i * j * r for i, j, r in zip(i_f, j_f, ranks)) + math.prod(ranks))
 
 
@@ -223,8 +223,8 @@ def tt_num_params(input_factors: Sequence[int], output_factors: Sequence[int],
     output_factors: (J_1, ..., J_N).
     tt_ranks: one inner rank (int), the N-1 inner ranks, or all N+1 ranks (ends equal to 1).
   """
-  i_f = _as_factors(input_factors, "input_factors")
-  j_f = _as_factors(output_factors, "output_factors")
+  i_f = as_factors(input_factors, "input_factors")
+  j_f = as_factors(output_factors, "output_factors")
   _check_same_length(i_f, j_f)
   r = _tt_ranks(tt_ranks, len(i_f))
   return sum(r[n] * i_f[n] * j_f[n] * r[n + 1] for n in range(len(i_f)))
@@ -232,18 +232,18 @@ def tt_num_params(input_factors: Sequence[int], output_factors: Sequence[int],
 
 def bt_shapes(input_factors, output_factors, rank, num_blocks):
   """Shapes of the BT parameters: ([(C, I_n, J_n, R_n) for each n], (C, R_1, ..., R_N))."""
-  i_f = _as_factors(input_factors, "input_factors")
-  j_f = _as_factors(output_factors, "output_factors")
+  i_f = as_factors(input_factors, "input_factors")
+  j_f = as_factors(output_factors, "output_factors")
   _check_same_length(i_f, j_f)
   ranks = _bt_ranks(rank, len(i_f))
-  (c,) = _as_factors((num_blocks,), "num_blocks")
+  (c,) = as_factors((num_blocks,), "num_blocks")
   return [(c, i, j, r) for i, j, r in zip(i_f, j_f, ranks)], (c,) + ranks
 
 
 def tt_shapes(input_factors, output_factors, tt_ranks):
   """Shapes of the TT cores: [(r_{n-1}, I_n, J_n, r_n) for each n]."""
-  i_f = _as_factors(input_factors, "input_factors")
-  j_f = _as_factors(output_factors, "output_factors")
+  i_f = as_factors(input_factors, "input_factors")
+  j_f = as_factors(output_factors, "output_factors")
   _check_same_length(i_f, j_f)
   r = _tt_ranks(tt_ranks, len(i_f))
   return [(r[n], i_f[n], j_f[n], r[n + 1]) for n in range(len(i_f))]
@@ -260,9 +260,9 @@ def bt_init_stddevs(input_factors, rank, num_blocks, scale: float = 1.0):
   Returns:
     (factor_stddevs: list of N floats, core_stddev: float).
   """
-  i_f = _as_factors(input_factors, "input_factors")
+  i_f = as_factors(input_factors, "input_factors")
   ranks = _bt_ranks(rank, len(i_f))
-  (c,) = _as_factors((num_blocks,), "num_blocks")
+  (c,) = as_factors((num_blocks,), "num_blocks")
   return [1.0 / math.sqrt(i * r) for i, r in zip(i_f, ranks)], math.sqrt(scale / c)
 
 
@@ -275,7 +275,7 @@ def tt_init_stddevs(input_factors, tt_ranks, scale: float = 1.0):
   Returns:
     List of N floats.
   """
-  i_f = _as_factors(input_factors, "input_factors")
+  i_f = as_factors(input_factors, "input_factors")
   r = _tt_ranks(tt_ranks, len(i_f))
   n_modes = len(i_f)
   return [math.sqrt((scale if n == n_modes - 1 else 1.0) / (i_f[n] * r[n + 1]))

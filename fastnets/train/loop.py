@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
