@@ -337,19 +337,37 @@ def test_gan_config_validation():
 
 # ---------------------------------------------------------------------------------- experiment ---
 
-def test_report_rows_verdicts_follow_the_measured_means():
+def test_report_rows_verdicts_are_paired_intervals_and_count_undefined_runs():
   from experiments import pacgan as exp
 
   def entry(modes, kl):
     return {"modes": modes, "modes_se": 0.1, "high_quality": 0.9, "high_quality_se": 0.01,
             "reverse_kl": kl, "reverse_kl_se": 0.01, "runs": 3}
-  metrics = {"ring": {"GAN": entry(5.0, 0.6), "PacGAN2": entry(7.0, 0.2),
-                      "PacGAN3": entry(6.0, 0.7)},
+  metrics = {"ring": {"GAN": entry(5.0, 0.6), "PacGAN2": entry(7.0, 0.2)},
              "grid": {"GAN": entry(15.0, 0.8), "PacGAN2": entry(20.0, 0.3)}}
+  runs = []
+  for seed in range(4):
+    for dataset in ("ring", "grid"):
+      runs.append(dict(variant="GAN", dataset=dataset, seed=seed, modes=5 + seed % 2,
+                       high_quality=0.9, reverse_kl=0.6 + 0.01 * seed))
+      runs.append(dict(variant="PacGAN2", dataset=dataset, seed=seed,
+                       modes=(7 + seed % 2) if dataset == "ring" else 5 + (seed % 3 == 0),
+                       high_quality=0.5 if dataset == "ring" else 0.89,
+                       reverse_kl=float("nan") if (dataset, seed) == ("grid", 0) else 0.2))
   config = exp.common.merge_config(exp.DEFAULTS, exp.QUICK)
-  rows = exp.report_rows({"metrics": metrics, "config": config})
-  verdicts = {(r["technique"], "modes" in r["claim"]): r["reproduced"] for r in rows}
-  assert verdicts == {("PacGAN (2-D ring)", True): True, ("PacGAN (2-D ring)", False): False,
-                      ("PacGAN (2-D grid)", True): True, ("PacGAN (2-D grid)", False): True}
+  rows = exp.report_rows({"metrics": metrics, "config": config, "runs": runs})
+  verdicts = {(r["technique"].split(":")[0], r["technique"].split(", ")[-1]): r["verdict"]
+              for r in rows}
+  assert verdicts[("PacGAN (2-D ring)", "modes")] == "reproduced on a proxy"
+  assert verdicts[("PacGAN (2-D ring)", "reverse kl")] == "reproduced on a proxy"
+  assert verdicts[("PacGAN (2-D ring)", "high quality")] == "not reproduced"
+  assert verdicts[("PacGAN (2-D grid)", "modes")] == "inconclusive"
+  # The grid run without a high-quality sample is counted, and leaves 3 paired seeds.
+  kl_grid = next(r for r in rows if r["technique"] == "PacGAN (2-D grid): PacGAN2 vs GAN, "
+                 "reverse kl")
+  assert "undefined): PacGAN2 1, GAN 0" in kl_grid["ours"] and "(3 seeds)" in kl_grid["ours"]
+  assert all(r["scale"] == "proxy" for r in rows)
+  pair = exp.paired_runs(runs, "grid", "PacGAN2", "GAN", "reverse_kl")
+  assert pair["seeds"] == [1, 2, 3] and pair["undefined"] == {"variant": 1, "base": 0}
   table = exp._table1(metrics, ["ring"], ["GAN", "PacGAN2"])
   assert "7.0 ± 0.1 / 7.9 ± 0.1" in table
