@@ -5,15 +5,36 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from fastnets.models.bt_rnn import SequenceClassifier
 from fastnets.models.cnn import SmallCNN
+from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
+from fastnets.models.ffnet import (
+    FastForward, FFNet, FFNetMainPath, FFNetStage, ffnet_spatial_sizes,
+)
+from fastnets.models.pacgan import (
+    DCGANDiscriminator, DCGANGenerator, digit_classifier, MaxoutDiscriminator, MLPGenerator,
+)
 from fastnets.models.resnet import BasicBlock, BottleneckBlock, ResNet
+# The factory `revnet` is not re-exported: it would shadow the submodule `fastnets.models.revnet`.
+from fastnets.models.revnet import (
+    matching_resnet, RESNET_BASELINES, REVNET_CONFIGS, RevNet, revnet110, revnet164, revnet38,
+    RevResidualFn, RevTransition,
+)
+from fastnets.models.revnet import revnet as _revnet_factory
+
+__all__ = [
+    "BasicBlock", "BottleneckBlock", "create_model", "DCGANDiscriminator", "DCGANGenerator",
+    "DeepFriedConvnet", "digit_classifier", "FC_KINDS", "fc_param_count", "FastForward", "FFNet",
+    "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes", "matching_resnet",
+    "MaxoutDiscriminator", "MLPGenerator", "model_names", "register_model", "ResNet",
+    "RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "revnet110", "revnet164", "revnet38",
+    "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",
+]
 
 # name -> factory(num_classes, **overrides). Names with a trailing depth ("resnet32") are parsed
-# by `create_model`; technique modules add their own entries below.
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "cnn": lambda num_classes, **kw: SmallCNN(num_classes=num_classes, **kw),
-    "resnet": lambda num_classes, depth=20, **kw: ResNet(num_classes=num_classes, depth=depth, **kw),
-}
+# by `create_model`. PacGAN generators and discriminators are generative models and
+# `SequenceClassifier` takes sequences, so neither is in this image-classification registry.
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
@@ -50,25 +71,17 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
                    "(a depth may follow resnet, e.g. resnet32).")
 
 
-__all__ = ["BasicBlock", "BottleneckBlock", "ResNet", "SmallCNN", "create_model", "model_names",
-           "register_model"]
-
-from fastnets.models.ffnet import FastForward, FFNet, FFNetMainPath, FFNetStage, ffnet_spatial_sizes
+register_model("cnn", lambda num_classes, **kw: SmallCNN(num_classes=num_classes, **kw))
+register_model("resnet", lambda num_classes, depth=20, **kw: ResNet(
+    num_classes=num_classes, depth=depth, **kw))
 register_model("ffnet", lambda num_classes, **kw: FFNet(num_classes=num_classes, **kw))
-register_model("ffnet_noff", lambda num_classes, **kw: FFNet(num_classes=num_classes, fast_forward=False, **kw))
-__all__ += ["FastForward", "FFNet", "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes"]
-# PacGAN generators/discriminators: generative models, deliberately not in the classification registry.
-from fastnets.models.pacgan import DCGANDiscriminator, DCGANGenerator, MaxoutDiscriminator, MLPGenerator, digit_classifier
-__all__ += ["DCGANDiscriminator", "DCGANGenerator", "MaxoutDiscriminator", "MLPGenerator", "digit_classifier"]
-# Deep Fried Convnets (issue 4): conv trunk with dense or Fastfood FC layers (fc="dense" | "fastfood_adaptive" | "fastfood_nonadaptive").
-from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
-register_model("deep_fried", lambda num_classes, **kw: DeepFriedConvnet(num_classes=num_classes, **kw))
-__all__ += ["DeepFriedConvnet", "FC_KINDS", "fc_param_count"]
-# RevNet (issue 3): "revnet38" / "revnet110" / "revnet164" (create_model passes depth=); "resnet164"
-# is the paper's bottleneck baseline (He et al. 2016b), an exact name that wins over "resnet" + depth.
-# The factory `revnet` is not re-exported: it would shadow the submodule `fastnets.models.revnet`.
-from fastnets.models.revnet import (RESNET_BASELINES, REVNET_CONFIGS, RevNet, RevResidualFn, RevTransition, matching_resnet, revnet38, revnet110, revnet164)
-from fastnets.models.revnet import revnet as _revnet_factory
+register_model("ffnet_noff", lambda num_classes, **kw: FFNet(
+    num_classes=num_classes, fast_forward=False, **kw))
+# Deep Fried Convnets: conv trunk with dense or Fastfood FC layers (fc= one of FC_KINDS).
+register_model("deep_fried", lambda num_classes, **kw: DeepFriedConvnet(
+    num_classes=num_classes, **kw))
+# RevNet: "revnet38" / "revnet110" / "revnet164" (create_model passes depth=); "resnet164" is the
+# paper's bottleneck baseline (He et al. 2016b), an exact name that wins over "resnet" + depth.
 register_model("revnet", _revnet_factory)
-register_model("resnet164", lambda num_classes, **kw: ResNet(num_classes=num_classes, **{"depth": 164, "bottleneck": True, **kw}))
-__all__ += ["RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "RevResidualFn", "RevTransition", "matching_resnet", "revnet38", "revnet110", "revnet164"]
+register_model("resnet164", lambda num_classes, **kw: ResNet(
+    num_classes=num_classes, **{"depth": 164, "bottleneck": True, **kw}))
