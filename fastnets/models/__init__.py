@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from fastnets.models.abc_net import ABCCNN
 from fastnets.models.bt_rnn import SequenceClassifier
 from fastnets.models.cnn import SmallCNN
 from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
@@ -23,6 +24,7 @@ from fastnets.models.revnet import (
 from fastnets.models.revnet import revnet as _revnet_factory
 
 __all__ = [
+    "ABCCNN",
     "BasicBlock", "BottleneckBlock", "create_model", "DCGANDiscriminator", "DCGANGenerator",
     "DeepFriedConvnet", "digit_classifier", "FC_KINDS", "fc_param_count", "FastForward", "FFNet",
     "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes", "matching_resnet",
@@ -85,3 +87,8 @@ register_model("deep_fried", lambda num_classes, **kw: DeepFriedConvnet(
 register_model("revnet", _revnet_factory)
 register_model("resnet164", lambda num_classes, **kw: ResNet(
     num_classes=num_classes, **{"depth": 164, "bottleneck": True, **kw}))
+# ABC-Net (Lin et al. 2017): binary middle layers (M, N as weight_bases / activation_bases) and the
+# same network in full precision.
+register_model("abc_cnn", lambda num_classes, **kw: ABCCNN(num_classes=num_classes, **kw))
+register_model("abc_cnn_float", lambda num_classes, **kw: ABCCNN(
+    num_classes=num_classes, binary=False, **kw))

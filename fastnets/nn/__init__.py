@@ -36,7 +36,15 @@ from fastnets.nn.tensor_layers import (  # noqa: F401
     TTLinear, TTLSTMCell,
 )
 
+# ABC-Net binary layers and the bit-packed inference path (Lin et al. 2017).
+from fastnets.nn.binary import (  # noqa: F401
+    ABCConv, ABCDense, binary_apply, binary_layer_paths, is_binary_layer, pack_binary_variables,
+    PackedBinaryKernel,
+)
+
 __all__ = [
+    "ABCConv", "ABCDense", "binary_apply", "binary_layer_paths", "is_binary_layer",
+    "pack_binary_variables", "PackedBinaryKernel",
     "BTGRUCell", "BTLinear", "BTLSTMCell", "conv_kernel_prunable", "DenseGRUCell",
     "DenseLSTMCell", "downsampled_apply", "FASTFOOD_CONSTANTS", "FastfoodDense",
     "model_conv_flops", "Packed", "packed", "pooled_kernels", "quantized",
