@@ -45,3 +45,27 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """
   _check_logits_labels(logits, labels)
   return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array,
+                    temperature: float = 4.0) -> jax.Array:
+  """Hinton et al. (2015) knowledge distillation: T^2 KL(softmax(t / T) || softmax(s / T)).
+
+  The T^2 factor keeps the soft targets' gradient magnitude independent of T (Sec. 2 of the
+  paper). The teacher logits are used as given: wrap them in `jax.lax.stop_gradient` when the
+  teacher must not move.
+
+  Args:
+    student_logits, teacher_logits: (batch, classes) float, the same shape.
+    temperature: T > 0.
+
+  Returns: scalar float32, the batch mean.
+  """
+  if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+    raise ValueError(f"student_logits and teacher_logits must both be (batch, classes), got "
+                     f"{student_logits.shape} and {teacher_logits.shape}.")
+  if not temperature > 0:
+    raise ValueError(f"temperature must be positive, got {temperature}.")
+  t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+  s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  return temperature**2 * jnp.mean(jnp.sum(jnp.exp(t) * (t - s), axis=-1))
