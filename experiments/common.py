@@ -191,6 +191,46 @@ def train_config(config: Mapping[str, Any]):
   return train.TrainConfig(**values)
 
 
+def train_seeds(model, dataset, tcfg, seeds, workdir: Optional[str] = None,
+                run_info: Optional[dict] = None, **hooks) -> dict:
+  """Trains `model` once per evaluation seed; returns per-seed metric lists.
+
+  Without a workdir that checkpoints (`tcfg.checkpoint_every` > 0), all seeds train as one
+  compiled program (`fastnets.train.fit_seeds`); with one, each seed runs `fit` in
+  `workdir/seed_<s>` so a long run resumes. Seed s means the same in both.
+
+  Returns:
+    {"seeds", "test_accuracy", "val_accuracy", "val_loss", "train_loss" (lists, one per seed),
+     "history" (the first seed's), "state" (the first seed's final TrainState), "states"
+     (a callable seed -> state), "wall_time_s", "steps_per_sec"}.
+  """
+  from fastnets import train
+
+  seeds = [int(s) for s in seeds]
+  if not seeds:
+    raise ValueError("seeds must name at least one evaluation seed.")
+  keys = ("test_accuracy", "val_accuracy", "val_loss", "train_loss")
+  timer = Timer()
+  if workdir and tcfg.checkpoint_every > 0:
+    import dataclasses
+    results = {}
+    for s in seeds:
+      results[s] = train.fit(model, dataset, dataclasses.replace(tcfg, seed=s),
+                             os.path.join(workdir, f"seed_{s}"), run_info=run_info, **hooks)
+    first = results[seeds[0]]
+    out = {k: [results[s].metrics[k] for s in seeds] for k in keys}
+    out.update(history=first.history, state=first.state, states=lambda s: results[s].state,
+               steps_per_sec=first.metrics["steps_per_sec"])
+  else:
+    result = train.fit_seeds(model, dataset, tcfg, seeds, **hooks)
+    out = {k: result.metrics[k] for k in keys}
+    out.update(history=result.history[0], state=result.state_for(seeds[0]),
+               states=result.state_for, steps_per_sec=result.metrics["steps_per_sec"])
+  out["seeds"] = seeds
+  out["wall_time_s"] = timer()
+  return out
+
+
 # The training keys every classification experiment accepts (flags of the same names).
 TRAIN_DEFAULTS = {
     "workdir": "runs/default",
