@@ -22,6 +22,7 @@ from fastnets.models.revnet import (
     RevResidualFn, RevTransition,
 )
 from fastnets.models.revnet import revnet as _revnet_factory
+from fastnets.models.second_order import HEADS as POOLING_HEADS, PoolingCNN
 
 __all__ = [
     "ABCCNN",
@@ -32,6 +33,7 @@ __all__ = [
     "RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "revnet110", "revnet164", "revnet38",
     "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",
 ]
+__all__ += ["POOLING_HEADS", "PoolingCNN"]
 
 # name -> factory(num_classes, **overrides). Names with a trailing depth ("resnet32") are parsed
 # by `create_model`. PacGAN generators and discriminators are generative models and
@@ -87,6 +89,9 @@ register_model("deep_fried", lambda num_classes, **kw: DeepFriedConvnet(
 register_model("revnet", _revnet_factory)
 register_model("resnet164", lambda num_classes, **kw: ResNet(
     num_classes=num_classes, **{"depth": 164, "bottleneck": True, **kw}))
+# Second-order pooling heads (GM-SOP, Wang et al. 2018; iSQRT-COV, Li et al. 2018):
+# "pooling_cnn" with head="gap" | "covariance" | "gm_sop".
+register_model("pooling_cnn", lambda num_classes, **kw: PoolingCNN(num_classes=num_classes, **kw))
 # ABC-Net (Lin et al. 2017): binary middle layers (M, N as weight_bases / activation_bases) and the
 # same network in full precision.
 register_model("abc_cnn", lambda num_classes, **kw: ABCCNN(num_classes=num_classes, **kw))

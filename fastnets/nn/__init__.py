@@ -36,6 +36,11 @@ from fastnets.nn.tensor_layers import (  # noqa: F401
     TTLinear, TTLSTMCell,
 )
 
+# Second-order pooling heads: iSQRT-COV (Li et al. 2018) and GM-SOP (Wang et al. 2018).
+from fastnets.nn.second_order import (  # noqa: F401
+    CovariancePooling, GMSOP,
+)
+
 # ABC-Net binary layers and the bit-packed inference path (Lin et al. 2017).
 from fastnets.nn.binary import (  # noqa: F401
     ABCConv, ABCDense, binary_apply, binary_layer_paths, is_binary_layer, pack_binary_variables,
@@ -45,6 +50,7 @@ from fastnets.nn.binary import (  # noqa: F401
 __all__ = [
     "ABCConv", "ABCDense", "binary_apply", "binary_layer_paths", "is_binary_layer",
     "pack_binary_variables", "PackedBinaryKernel",
+    "CovariancePooling", "GMSOP",
     "BTGRUCell", "BTLinear", "BTLSTMCell", "conv_kernel_prunable", "DenseGRUCell",
     "DenseLSTMCell", "downsampled_apply", "FASTFOOD_CONSTANTS", "FastfoodDense",
     "model_conv_flops", "Packed", "packed", "pooled_kernels", "quantized",

@@ -9,6 +9,7 @@ from fastnets.train.sharding import (DATA_AXIS, batch_sharded, check_batch_size,
                                      maybe_initialize_distributed, replicate, replicated,
                                      shard_batch)
 from fastnets.train.tuning import grid_points, grid_search, tune_arms
+from fastnets.train.distillation import TeacherFn, distillation_loss, with_sown_losses
 from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
                                   init_train_state, make_eval_step, make_train_step)
 
@@ -19,4 +20,5 @@ __all__ = [
     "empty_metric_sums", "evaluate", "fit", "grid_points", "grid_search", "init_train_state", "make_eval_step", "make_mesh",
     "make_optimizer", "make_schedule", "make_train_step", "maybe_initialize_distributed",
     "replicate", "replicated", "shard_batch", "tune_arms",
+    "TeacherFn", "distillation_loss", "with_sown_losses",
 ]
