@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import resource
-import statistics
 import sys
 import time
 
@@ -51,6 +50,7 @@ from jax import lax
 from jax.experimental import sparse as jsparse
 
 from experiments import common
+from fastnets import benchmarking, evidence
 from fastnets import data, models, ops, train
 from fastnets import nn as fnn
 from fastnets.ops.pruning import path_to_str
@@ -80,10 +80,11 @@ DEFAULTS = {
   "time_batch": 128,
   "warmup": 2,
   "repeats": 7,
+  "seeds": [0, 1, 2],        # evaluation seeds of the dense and pruned trainings
   "im2col_baselines": True,  # time im2col + matmul and im2col + BCOO too
 }
 QUICK = {"steps": 400, "repeats": 5}
-SMOKE = {"steps": 2, "batch_size": 32, "log_every": 1, "eval_every": 0, "eval_batch_size": 500,
+SMOKE = {"seeds": [0], "steps": 2, "batch_size": 32, "log_every": 1, "eval_every": 0, "eval_batch_size": 500,
          "check_examples": 256, "check_batch": 128, "time_batch": 8, "warmup": 1, "repeats": 2}
 PAPER = {"claim": "Escort: direct sparse convolution makes pruned CNN inference 1.38x faster than "
                   "cuBLAS (im2col + GEMM) and 1.60x faster than cuSPARSE on GPUs (AlexNet, "
@@ -106,21 +107,6 @@ def _schedule(config) -> ops.ZhuGuptaSchedule:
   end = begin + max(1, (end - begin) // freq) * freq  # the last mask update reaches s_f exactly
   return ops.ZhuGuptaSchedule(float(config["final_sparsity"]), begin_step=begin, end_step=end,
                               frequency=freq)
-
-
-def _time_interleaved(fns: dict, warmup: int, repeats: int) -> tuple[dict, dict]:
-  """Median and min seconds of each thunk over interleaved rounds after compile and warm-up."""
-  for f in fns.values():
-    for _ in range(warmup + 1):  # the first call compiles
-      jax.block_until_ready(f())
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, f in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(f())
-      times[name].append(time.perf_counter() - t0)
-  return ({n: statistics.median(t) for n, t in times.items()},
-          {n: [min(t), max(t)] for n, t in times.items()})
 
 
 def _layer_shapes(model, variables, x1) -> list[dict]:
@@ -193,8 +179,8 @@ def _im2col_interceptor(mats):
 
 
 def _predictions_check(dense_f, sparse_f, variables, sparse_vars, ds, config) -> dict:
-  """Argmax predictions of the pruned dense and the sparse model on the validation set."""
-  val = ds.validation
+  """Argmax predictions of the pruned dense and the sparse model on the test set."""
+  val = ds.test
   n = len(val) if not config["check_examples"] else min(len(val), int(config["check_examples"]))
   b = int(config["check_batch"])
   dl, sl = [], []
@@ -269,19 +255,22 @@ def run(config: dict) -> dict:
   sub = lambda name: os.path.join(workdir, name) if workdir else None
   info = {"experiment": NAME, "model_name": config["model"]}
 
+  seeds = [int(v) for v in config["seeds"]]
   dense_res = None
   if config["dense_baseline"]:
-    dense_res = train.fit(model, ds, tcfg, sub("dense"), run_info={**info, "run": "dense"})
-  pruned_res = train.fit(
-    model, ds, tcfg, sub("pruned"),
+    dense_res = common.train_seeds(model, ds, tcfg, seeds, sub("dense"),
+                                   run_info={**info, "run": "dense"})
+  pruned_res = common.train_seeds(
+    model, ds, tcfg, seeds, sub("pruned"),
     tx_wrapper=lambda tx: ops.gradual_magnitude_pruning(tx, schedule, scope=config["prune_scope"],
                                                         prunable=prunable),
     run_info={**info, "run": "pruned", "final_sparsity": config["final_sparsity"],
               "keep_dense": sorted(keep), "schedule": repr(schedule)})
   train_s = timer()
 
-  # Sparsity report (masks from the optimizer state; the weights are exactly zero where pruned).
-  state = pruned_res.state
+  # Sparsity report (masks from the optimizer state; the weights are exactly zero where pruned),
+  # conversion, predictions and timing on the first evaluation seed's pruned model.
+  state = pruned_res["state"]
   params = jax.device_get(state.params)
   masks = ops.pruning_masks(state.opt_state)
   report = ops.sparsity_report(params, jax.device_get(masks), prunable=prunable)
@@ -339,8 +328,11 @@ def run(config: dict) -> dict:
   for name, f in fns.items():
     outs[name] = float(np.max(np.abs(np.asarray(f(), np.float64) - ref)) /
                        max(float(np.max(np.abs(ref))), 1e-30))
-  med, rng_ = _time_interleaved(fns, int(config["warmup"]), int(config["repeats"]))
+  timed = benchmarking.time_interleaved(fns, int(config["warmup"]), int(config["repeats"]))
+  med = timed["median"]
+  rng_ = {n: [min(t), max(t)] for n, t in timed["times"].items()}
   timing = dict(batch=int(config["time_batch"]), impl=impl, median_s=med, min_max_s=rng_,
+                rounds_s=timed["times"],
                 max_rel_logit_err_vs_dense=outs,
                 speedup_sparse_vs_dense=med["dense"] / med["sparse"],
                 speedup_sparse_vs_im2col=(med["im2col"] / med["sparse"]) if "im2col" in med else None,
@@ -350,13 +342,17 @@ def run(config: dict) -> dict:
     f"{k} {1e3 * v:.2f} ms" for k, v in med.items()) +
         f" | sparse vs dense {timing['speedup_sparse_vs_dense']:.2f}x")
 
-  dense_acc = dense_res.metrics["val_accuracy"] if dense_res else None
+  pruned_acc = pruned_res["test_accuracy"]
+  dense_acc = dense_res["test_accuracy"] if dense_res else None
   metrics = dict(
-    val_accuracy_pruned=pruned_res.metrics["val_accuracy"],
-    val_accuracy_dense=dense_acc,
-    accuracy_drop=(dense_acc - pruned_res.metrics["val_accuracy"]) if dense_res else None,
-    dense_comparison="a separate dense run, same config, seed and steps" if dense_res else None,
-    steps=pruned_res.metrics["steps"],
+    seeds=seeds,
+    test_accuracy_pruned=float(np.mean(pruned_acc)),
+    test_accuracy_pruned_per_seed=pruned_acc,
+    test_accuracy_dense=float(np.mean(dense_acc)) if dense_res else None,
+    test_accuracy_dense_per_seed=dense_acc,
+    accuracy_drop=float(np.mean(dense_acc) - np.mean(pruned_acc)) if dense_res else None,
+    dense_comparison="separate dense runs, same config, seeds and steps" if dense_res else None,
+    steps=int(config["steps"]),
     schedule=dict(final_sparsity=schedule.final_sparsity, begin_step=schedule.begin_step,
                   end_step=schedule.end_step, frequency=schedule.frequency,
                   scope=config["prune_scope"], keep_dense=sorted(keep)),
@@ -375,54 +371,71 @@ def run(config: dict) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "sparsity_report.txt"), "w") as f:
       f.write(report_text + "\n")
-    plots["curves"] = _plot(dense_res.history if dense_res else None, pruned_res.history, schedule,
+    plots["curves"] = _plot(dense_res["history"] if dense_res else None, pruned_res["history"],
+                            schedule,
                             int(config["steps"]), os.path.join(workdir, "curves.png"),
                             f"{config['model']} on {ds.name}: dense vs pruned to "
                             f"{config['final_sparsity']:.0%}")
   return common.write_results(workdir, NAME, config, metrics, PAPER, timer(), plots=plots,
-                              history={"dense": dense_res.history if dense_res else None,
-                                       "pruned": pruned_res.history},
-                              devices_used=pruned_res.devices)
+                              history={"dense": dense_res["history"] if dense_res else None,
+                                       "pruned": pruned_res["history"]},
+                              devices_used=jax.device_count())
 
 
 def report_rows(results: dict) -> list[dict]:
-  """Rows: accuracy after pruning, sparse = dense predictions, Escort's inference speed-ups."""
-  m = results["metrics"]
+  """Rows: accuracy after pruning (paired over seeds), sparse = dense predictions (an equality
+  check), and Escort's inference speed-ups (per-round ratios; the GPU claims need a GPU)."""
+  m, cfg = results["metrics"], results["config"]
   t = m["timing"]
   pc = m["predictions"]
   s = m["sparsity"]["prunable"]["sparsity"]
   on_gpu = results["devices"]["platform"] == "gpu"
+  setting = (f"{cfg['dataset']}, {cfg['model']}, {cfg['steps']} steps, pruned to "
+             f"{cfg['final_sparsity']:.0%} ({cfg['prune_scope']}), seeds "
+             f"{', '.join(str(v) for v in m['seeds'])}")
   rows = []
-  if m["val_accuracy_dense"] is not None:
-    rows.append({
-      "technique": f"Gradual magnitude pruning (Zhu & Gupta) of {results['config']['model']} to "
-                   f"{s:.0%}",
-      "claim": "pruned models (80-95% sparse, Escort's inputs) keep the dense model's accuracy "
-               "(fastnets criterion: within 1 point, same steps)",
-      "paper": "<= 1 pt drop",
-      "ours": f"{100 * m['val_accuracy_pruned']:.2f}% pruned vs {100 * m['val_accuracy_dense']:.2f}% "
-              f"dense ({m['steps']} steps each)",
-      "reproduced": m["accuracy_drop"] <= 0.01})
-  rows.append({
-    "technique": "Sparse inference (direct sparse convs) = pruned dense model",
-    "claim": "predictions of the converted model equal the dense model's (fastnets issue 6)",
-    "paper": "0 mismatches",
-    "ours": f"{pc['mismatches']} mismatches / {pc['examples']} ({pc['mismatches_unexplained']} not "
-            f"float ties), max |logit diff| {pc['max_abs_logit_diff']:.1e}",
-    "reproduced": pc["mismatches_unexplained"] == 0})
+  if m.get("test_accuracy_dense_per_seed"):
+    dense, pruned = m["test_accuracy_dense_per_seed"], m["test_accuracy_pruned_per_seed"]
+    diff, verdict = evidence.judge_paired(pruned, dense, -0.01, "greater", scale="proxy")
+    rows.append(evidence.row(
+        f"Gradual magnitude pruning (Zhu & Gupta) of {cfg['model']} to {s:.0%}",
+        "pruned models (80-95% sparse, Escort's inputs) keep the dense model's accuracy: at most "
+        "1 point below it after the same steps (fastnets' criterion)", "<= 1 pt drop",
+        f"pruned {evidence.format_summary(evidence.summarize(pruned), 100)} vs dense "
+        f"{evidence.format_summary(evidence.summarize(dense), 100)}; paired change "
+        f"{evidence.format_summary(diff, 100, unit=' pts')}",
+        scale="proxy", setting=setting, verdict=verdict))
+  exact = pc["mismatches_unexplained"] == 0
+  rows.append(evidence.row(
+      "Sparse inference (direct sparse convs) = pruned dense model",
+      "predictions of the converted model equal the dense model's on every test digit (float "
+      "ties aside)", "0 mismatches",
+      f"{pc['mismatches']} mismatches / {pc['examples']} ({pc['mismatches_unexplained']} not "
+      f"float ties), max |logit diff| {pc['max_abs_logit_diff']:.1e}",
+      scale="proxy", setting=setting + " (first seed's model)",
+      verdict=evidence.REPRODUCED_PROXY if exact else evidence.NOT_REPRODUCED))
   where = "GPU, Pallas" if on_gpu else f"CPU, {t['impl']}"
   fl = m["flops_per_example"]
-  base = (f"sparse vs dense XLA conv {t['speedup_sparse_vs_dense']:.2f}x; nonzero FLOPs "
-          f"{1 - fl['saved']:.0%} of dense (convs {1 - fl['conv_saved']:.0%}; only convs run "
-          f"sparse) ({where}, batch {t['batch']})")
-  for key, label, claim in (("speedup_sparse_vs_im2col", "cuBLAS (im2col + GEMM)", 1.38),
-                            ("speedup_sparse_vs_bcoo", "cuSPARSE (im2col + BCOO)", 1.60)):
-    v = t[key]
-    rows.append({
-      "technique": f"Escort end-to-end inference vs {label}",
-      "claim": PAPER["claim"], "paper": f"{claim:.2f}x (GPU)",
-      "ours": ("not measured; " if v is None else f"{v:.2f}x; ") + base,
-      "reproduced": (v >= claim) if (on_gpu and v is not None) else None})
+  rounds = t.get("rounds_s", {})
+  base_ratio = (benchmarking.ratio_summary(rounds["dense"], rounds["sparse"])
+                if "dense" in rounds else None)
+  base = (f"sparse vs dense XLA conv "
+          + (benchmarking.format_ratio(base_ratio) if base_ratio else
+             f"{t['speedup_sparse_vs_dense']:.2f}x")
+          + f"; nonzero FLOPs {1 - fl['saved']:.0%} of dense (convs {1 - fl['conv_saved']:.0%}; "
+          f"only convs run sparse) ({where}, batch {t['batch']})")
+  for key, label, claim in (("im2col", "cuBLAS (im2col + GEMM)", 1.38),
+                            ("im2col_bcoo", "cuSPARSE (im2col + BCOO)", 1.60)):
+    ratio = (benchmarking.ratio_summary(rounds[key], rounds["sparse"])
+             if key in rounds else None)
+    ours = ("not measured; " if ratio is None else
+            f"{benchmarking.format_ratio(ratio)} (CPU stand-in); ") + base
+    verdict = (benchmarking.judge_ratio(ratio, claim) if on_gpu and ratio is not None
+               else evidence.not_testable("needs a GPU"))
+    rows.append(evidence.row(
+        f"Escort end-to-end inference vs {label}", PAPER["claim"], f"{claim:.2f}x (GPU)", ours,
+        scale="proxy", setting=f"{setting}; {cfg['repeats']} interleaved rounds",
+        verdict=verdict))
   return rows
 
 
