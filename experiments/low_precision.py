@@ -40,17 +40,15 @@ and last layers accumulate in float32. `chunked_dot` is a scalar-exact simulatio
 matmul on a CPU: on 2 cores, chunking every layer of the quick MLP runs at ~10 steps/s instead of
 ~100 (`fp8_chunk_layers="all"` does it).
 
-Quick (the report's setting): bundled MNIST (8,000 / 2,000), MLP 784-100-100-10 (Gupta's
-784-1000-1000-10, narrowed), batch 100, 2,000 SGD steps at lr 0.01: 75 s for the 10 runs on 2
-CPU cores (78 s of CPU time; the FP8 run is a third of it). Measured (deterministic: same seed,
-same numbers): float32 93.45%; stochastic rounding 93.10 / 93.45 / 93.60 / 93.45% at FL 8 / 10 /
-12 / 14; round-to-nearest 16.25% at FL 8 (the network does not learn: updates and gradients below
-2^-9 round to zero), 81.95% at FL 10, 91.85% at FL 12, 93.55% at FL 14; FP8 93.50%.
+Quick (the report's setting): bundled MNIST (7,000 train / 1,000 validation / 2,000 test), MLP
+784-100-100-10 (Gupta's 784-1000-1000-10, narrowed), batch 100, 2,000 SGD steps at lr 0.01,
+fraction bits 8 and 10 (the ones the claims name), three evaluation seeds; every comparison is a
+paired per-seed difference of test accuracies. The numbers are in results.json and the report.
 Full (DEFAULTS): CIFAR-10 from tfds (`--data_dir`), the Caffe "cifar10 quick"-style CNN that Gupta
 used (conv 5x5 32-32-64 with pooling, dense 64, 10), 20,000 steps.
 
-Writes --workdir/results.json (metrics.<run>: val_accuracy, val_loss, train_loss, wall_time_s,
-steps_per_sec; `formats` per run and layer; `ranges` from the float32 run; `history` per run) and
+Writes --workdir/results.json (metrics.<run>: test_accuracy (mean over seeds),
+test_accuracy_per_seed, val_accuracy_per_seed, train_loss_per_seed, wall_time_s; `formats` per run and layer; `ranges` from the float32 run; `history` per run) and
 curves.png (validation accuracy against steps, final accuracy against FL).
 """
 
@@ -68,7 +66,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import common
-from fastnets import data, ops, train
+from fastnets import data, evidence, ops, train
 from fastnets import nn as fnn
 from fastnets.ops import FP8_E5M2, FP16_WANG, FixedPoint, QuantConfig
 
@@ -97,12 +95,13 @@ DEFAULTS = {
     "fp8_chunk_layers": "middle",    # "middle", "all" or "none": layers with chunked accumulation
     "fp8_loss_scale": 1.0,           # power of two; gradients are computed for loss * scale
     "rng": "hash",                   # random bits of stochastic rounding: "hash" or "jax"
+    "seeds": [0, 1, 2],              # evaluation seeds (init, data order, rounding keys)
 }
 QUICK = {"dataset": "mnist_bundled", "model": "mlp", "features": [100, 100], "steps": 2000,
-         "log_every": 200, "eval_every": 200}
+         "log_every": 200, "eval_every": 200, "fraction_bits": [8, 10]}
 SMOKE = {"dataset": "mnist_bundled", "model": "mlp", "features": [16, 16], "steps": 3,
          "batch_size": 20, "log_every": 1, "eval_every": 0, "eval_batch_size": 500,
-         "fraction_bits": [8]}
+         "fraction_bits": [8], "seeds": [0]}
 PAPER = {
     "claim": "16-bit fixed point with stochastic rounding trains about as well as float32, and "
              "round-to-nearest fails at few fraction bits (Gupta et al. 2015); FP8 operands with "
@@ -399,45 +398,66 @@ def run(config: dict) -> dict:
   workdir = config["workdir"] or None
   metrics, histories, formats = {}, {}, {}
 
-  def record(name, result, recipe=None):
+  seeds = [int(v) for v in config["seeds"]]
+  per_seed: dict = {}
+
+  def record(name, result, seed, recipe=None):
     m = result.metrics
-    metrics[name] = {k: m[k] for k in ("val_accuracy", "val_loss", "train_loss", "steps",
-                                       "steps_per_sec", "wall_time_s")}
-    histories[name] = result.history
+    per_seed.setdefault(name, []).append({k: m[k] for k in (
+        "test_accuracy", "val_accuracy", "val_loss", "train_loss", "steps", "steps_per_sec",
+        "wall_time_s")})
+    if seed == seeds[0]:
+      histories[name] = result.history
     if recipe is not None:
       formats[name] = recipe.describe()
-    print(f"[{NAME}] {name}: val accuracy {m['val_accuracy']:.4f} ({m['wall_time_s']:.1f} s)",
-          flush=True)
+    print(f"[{NAME}] {name} seed {seed}: test accuracy {m['test_accuracy']:.4f} "
+          f"({m['wall_time_s']:.1f} s)", flush=True)
 
-  # float32 reference, and the value ranges that choose the integer bits.
   model32 = _net(config, dataset.num_classes)
-  result32 = _fit(model32, dataset, config, "float32")
-  record("float32", result32)
-  batch = next(data.train_batches(dataset, config["batch_size"], config["seed"]))
-  init_key = jax.random.fold_in(jax.random.key(config["seed"]), 2**31 - 1)  # fit's init key
-  params0 = model32.init({"params": init_key, "dropout": init_key}, batch["image"][:1])["params"]
-  r0 = measure_ranges(model32, params0, batch)
-  r1 = measure_ranges(model32, result32.state.params, batch)
-  ranges = {n: {k: max(r0[n][k], r1[n][k]) for k in r0[n]} for n in r0}
-  num_layers = len(ranges)
+  recipes = ranges = None
+  for seed in seeds:
+    seed_config = {**config, "seed": seed}
+    # float32 reference; the first seed's run also gives the value ranges that choose the
+    # integer bits (the same formats for every seed).
+    result32 = _fit(model32, dataset, seed_config, f"float32_seed{seed}")
+    record("float32", result32, seed)
+    if recipes is None:
+      batch = next(data.train_batches(dataset, config["batch_size"], seed))
+      init_key = train.init_key(seed)
+      params0 = model32.init({"params": init_key, "dropout": init_key},
+                             batch["image"][:1])["params"]
+      r0 = measure_ranges(model32, params0, batch)
+      r1 = measure_ranges(model32, result32.state.params, batch)
+      ranges = {n: {k: max(r0[n][k], r1[n][k]) for k in r0[n]} for n in r0}
+      recipes = {}
+      for fl in config["fraction_bits"]:
+        for mode in config["roundings"]:
+          recipes[f"fixed{config['word_bits']}_fl{fl}_{mode}"] = (
+              fixed_recipe(ranges, fl, mode, config["word_bits"], config["range_headroom"],
+                           config["rng"]), mode)
+      if config["fp8"]:
+        recipes["fp8"] = (fp8_recipe(list(ranges), config["fp8_chunk"],
+                                     config["fp8_chunk_layers"], config["fp8_loss_scale"],
+                                     config["rng"]), "stochastic")
+    num_layers = len(ranges)
+    for i, (name, (recipe, update_mode)) in enumerate(recipes.items()):
+      model = _net(config, dataset.num_classes, kernel_formats=recipe.kernel_formats(num_layers),
+                   eval_select=recipe.eval_select)
+      wrapper = functools.partial(ops.low_precision_updates, fmt=recipe.param_format,
+                                  mode=update_mode, key=seed + 1 + i, rng=config["rng"])
+      result = _fit(model, dataset, seed_config, f"{name}_seed{seed}",
+                    loss_fn=make_loss_fn(model, recipe), tx_wrapper=wrapper)
+      record(name, result, seed, recipe)
 
-  recipes = {}
-  for fl in config["fraction_bits"]:
-    for mode in config["roundings"]:
-      recipes[f"fixed{config['word_bits']}_fl{fl}_{mode}"] = (
-          fixed_recipe(ranges, fl, mode, config["word_bits"], config["range_headroom"],
-                       config["rng"]), mode)
-  if config["fp8"]:
-    recipes["fp8"] = (fp8_recipe(list(ranges), config["fp8_chunk"], config["fp8_chunk_layers"],
-                                 config["fp8_loss_scale"], config["rng"]), "stochastic")
-  for i, (name, (recipe, update_mode)) in enumerate(recipes.items()):
-    model = _net(config, dataset.num_classes, kernel_formats=recipe.kernel_formats(num_layers),
-                 eval_select=recipe.eval_select)
-    wrapper = functools.partial(ops.low_precision_updates, fmt=recipe.param_format,
-                                mode=update_mode, key=config["seed"] + 1 + i, rng=config["rng"])
-    result = _fit(model, dataset, config, name, loss_fn=make_loss_fn(model, recipe),
-                  tx_wrapper=wrapper)
-    record(name, result, recipe)
+  for name, runs in per_seed.items():
+    metrics[name] = {
+        "test_accuracy": sum(r["test_accuracy"] for r in runs) / len(runs),
+        "test_accuracy_per_seed": [r["test_accuracy"] for r in runs],
+        "val_accuracy_per_seed": [r["val_accuracy"] for r in runs],
+        "train_loss_per_seed": [r["train_loss"] for r in runs],
+        "wall_time_s": sum(r["wall_time_s"] for r in runs),
+        "steps": runs[0]["steps"],
+    }
 
   plots = {}
   if workdir:
@@ -473,14 +493,14 @@ def plot_curves(histories: dict, metrics: dict, config: dict, path: str) -> str:
   ax1.legend(fontsize=7, ncol=2, loc="center right")
   word = config["word_bits"]
   for mode, marker in (("nearest", "s"), ("stochastic", "o")):
-    pts = [(fl, metrics[f"fixed{word}_fl{fl}_{mode}"]["val_accuracy"]) for fl in fls
+    pts = [(fl, metrics[f"fixed{word}_fl{fl}_{mode}"]["test_accuracy"]) for fl in fls
            if f"fixed{word}_fl{fl}_{mode}" in metrics]
     if pts:
       ax2.plot(*zip(*pts), marker=marker, label=f"fixed {word}-bit, {mode}")
   for name, color in (("float32", "k"), ("fp8", "C6")):
     if name in metrics:
-      ax2.axhline(metrics[name]["val_accuracy"], color=color, ls=":", label=name)
-  ax2.set(xlabel="fraction bits FL", ylabel="final validation accuracy", ylim=(0, 1),
+      ax2.axhline(metrics[name]["test_accuracy"], color=color, ls=":", label=name)
+  ax2.set(xlabel="fraction bits FL", ylabel="final test accuracy (mean over seeds)", ylim=(0, 1),
           title=f"{word}-bit fixed point, SGD lr {config['learning_rate']}")
   ax2.set_xticks(fls)
   ax2.legend(fontsize=8)
@@ -490,35 +510,46 @@ def plot_curves(histories: dict, metrics: dict, config: dict, path: str) -> str:
 
 
 def report_rows(results: dict) -> list[dict]:
-  """Gupta's two findings and Wang's, against the measured accuracies."""
-  m = results["metrics"]
-  word = results["config"]["word_bits"]
-  acc = lambda name: m[name]["val_accuracy"] if name in m else None
-  pct = lambda v: "not run" if v is None else f"{100 * v:.2f}%"
-  f32 = acc("float32")
-  sr10, sr8 = acc(f"fixed{word}_fl10_stochastic"), acc(f"fixed{word}_fl8_stochastic")
-  rn8, fp8 = acc(f"fixed{word}_fl8_nearest"), acc("fp8")
+  """Gupta's two findings and Wang's, each a paired per-seed difference with its interval."""
+  m, cfg = results["metrics"], results["config"]
+  word = cfg["word_bits"]
   gaps = PAPER["value"]
-  ok = lambda cond, *vals: None if any(v is None for v in vals) else bool(cond())
+  scale = "paper" if cfg["dataset"] == "cifar10" and cfg["steps"] >= 20000 else "proxy"
+  setting = (f"{cfg['dataset']}, {cfg['model']} {cfg['features']}, {cfg['steps']} "
+             f"{cfg['optimizer']} steps at lr {cfg['learning_rate']}, batch {cfg['batch_size']}, "
+             f"seeds {', '.join(str(v) for v in cfg['seeds'])}")
+  acc = lambda name: m[name]["test_accuracy_per_seed"] if name in m else None
+  summary = lambda v: evidence.format_summary(evidence.summarize(v), 100)
+
+  def compare(technique, claim, paper, a_name, b_name, threshold):
+    a, b = acc(a_name), acc(b_name)
+    if a is None or b is None:
+      return evidence.row(technique, claim, paper, f"{a_name} or {b_name} not run", scale=scale,
+                          setting=setting, verdict=f"{evidence.INCONCLUSIVE} (not run)")
+    diff, verdict = evidence.judge_paired(a, b, threshold, "greater", scale=scale)
+    return evidence.row(technique, claim, paper,
+                        f"{a_name} {summary(a)} vs {b_name} {summary(b)}; paired difference "
+                        f"{evidence.format_summary(diff, 100, unit=' pts')}",
+                        scale=scale, setting=setting, verdict=verdict)
+
   return [
-      {"technique": "16-bit fixed point, stochastic rounding (Gupta 2015)",
-       "claim": "with stochastic rounding, <IL, FL=10> 16-bit fixed point ends within 1 point of "
-                "float32",
-       "paper": "SR at FL 10 ~ float32 (digits calibration: 3.5% vs 3.4% error)",
-       "ours": f"FL 10 stochastic {pct(sr10)} vs float32 {pct(f32)}",
-       "reproduced": ok(lambda: f32 - sr10 <= gaps["gupta_sr_fl10_gap"], f32, sr10)},
-      {"technique": "16-bit fixed point, round-to-nearest (Gupta 2015)",
-       "claim": "at a small learning rate, round-to-nearest at FL 8 ends far (>= 10 points) below "
-                "stochastic rounding at FL 8",
-       "paper": "digits calibration: 76.4% vs 4.2% error",
-       "ours": f"FL 8 nearest {pct(rn8)} vs stochastic {pct(sr8)}",
-       "reproduced": ok(lambda: sr8 - rn8 >= gaps["gupta_nearest_fl8_gap"], sr8, rn8)},
-      {"technique": "FP8 training (Wang 2018)",
-       "claim": "FP8 (1-5-2) operands, FP16 (1-6-9) chunk-64 accumulation, stochastic-rounding "
-                "FP16 weight updates, 16-bit first/last layers: within 1 point of float32",
-       "paper": "within ~0.5% of FP32 (CIFAR-10, ImageNet)",
-       "ours": f"fp8 {pct(fp8)} vs float32 {pct(f32)} (chunking on middle layers only)",
-       "reproduced": ok(lambda: f32 - fp8 <= gaps["wang_fp8_gap"], f32, fp8)},
+      compare("16-bit fixed point, stochastic rounding (Gupta 2015)",
+              "with stochastic rounding, <IL, FL=10> 16-bit fixed point ends at most 1 point "
+              "below float32",
+              "SR at FL 10 ~ float32 (digits calibration: 3.5% vs 3.4% error)",
+              f"fixed{word}_fl10_stochastic", "float32", -gaps["gupta_sr_fl10_gap"]),
+      compare("16-bit fixed point, round-to-nearest (Gupta 2015)",
+              "at a small learning rate, round-to-nearest at FL 8 ends at least 10 points below "
+              "stochastic rounding at FL 8",
+              "digits calibration: 76.4% vs 4.2% error",
+              f"fixed{word}_fl8_stochastic", f"fixed{word}_fl8_nearest",
+              gaps["gupta_nearest_fl8_gap"]),
+      compare("FP8 training (Wang 2018)",
+              "FP8 (1-5-2) operands, FP16 (1-6-9) chunk-64 accumulation, stochastic-rounding FP16 "
+              "weight updates, 16-bit first/last layers: at most 1 point below float32 (chunking "
+              "on middle layers only)",
+              "within ~0.5% of FP32 (CIFAR-10, ImageNet)", "fp8", "float32",
+              -gaps["wang_fp8_gap"]),
   ]
 
 
