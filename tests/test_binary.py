@@ -115,7 +115,7 @@ def test_ktanh_jit_vmap_and_as_activation():
   np.testing.assert_array_equal(jax.jit(ops.ktanh)(x), ops.ktanh(x))
   cell = nn.LSTMCell(8, activation_fn=ops.ktanh)
   carry = cell.initialize_carry(jax.random.key(1), (4, 33))
-  variables = cell.init(jax.random.key(2), carry, x)
+  variables = jax.jit(cell.init)(jax.random.key(2), carry, x)
   (_, h), _ = jax.jit(cell.apply)(variables, carry, x)
   assert h.shape == (4, 8) and bool(jnp.all(jnp.isfinite(h)))
 
@@ -224,20 +224,19 @@ class _Net(nn.Module):
 
 def test_layers_packed_equal_float_evaluation():
   net, x = _Net(), 2 * jax.random.normal(jax.random.key(0), (3, 9, 9, 3))
-  variables = net.init(jax.random.key(1), x)
+  variables = jax.jit(net.init)(jax.random.key(1), x)
   bases = {"ABCConv_0": 3, "ABCConv_1": 2, "ABCDense_0": 3}
   packed = fnn.pack_binary_variables(variables, bases)
   assert isinstance(packed["params"]["ABCConv_0"]["kernel"], fnn.PackedBinaryKernel)
   assert fnn.binary_layer_paths(variables["params"]) == [("ABCConv_0",), ("ABCConv_1",),
                                                           ("ABCDense_0",)]
-  reference = fnn.binary_apply(net, variables, x, impl="float")
-  np.testing.assert_array_equal(fnn.binary_apply(net, packed, x), reference)
-  jitted = jax.jit(lambda v, x: fnn.binary_apply(net, v, x))
-  np.testing.assert_array_equal(jitted(packed, x), reference)
+  reference = jax.jit(lambda v, x: fnn.binary_apply(net, v, x, impl="float"))(variables, x)
+  packed_out = jax.jit(lambda v, x: fnn.binary_apply(net, v, x))(packed, x)
+  np.testing.assert_array_equal(packed_out, reference)
   # The training-time evaluation (combined activations and weights) differs by rounding only.
   single = fnn.ABCConv(4, (3, 3), weight_bases=2, activation_bases=2)
-  v1 = single.init(jax.random.key(2), x)
-  np.testing.assert_allclose(single.apply(v1, x),
+  v1 = jax.jit(single.init)(jax.random.key(2), x)
+  np.testing.assert_allclose(jax.jit(single.apply)(v1, x),
                              fnn.binary_apply(single, fnn.pack_binary_variables(v1, 2), x),
                              rtol=1e-5, atol=1e-5)
 
@@ -246,7 +245,7 @@ def test_abc_model_trains_and_runs_packed():
   model = models.create_model("abc_cnn", 10, channels=(4, 8), hidden=16, weight_bases=2,
                               activation_bases=2)
   x = jax.random.normal(jax.random.key(0), (8, 12, 12, 1))
-  variables = model.init(jax.random.key(1), x)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
 
   def loss(params):
     logits, _ = model.apply({**variables, "params": params}, x, train=True,
@@ -258,10 +257,11 @@ def test_abc_model_trains_and_runs_packed():
     for name in ("kernel", "act_shifts", "act_scales"):
       assert float(jnp.abs(grads[layer][name]).sum()) > 0, (layer, name)
   packed = fnn.pack_binary_variables(variables, 2)
-  np.testing.assert_array_equal(fnn.binary_apply(model, packed, x),
-                                fnn.binary_apply(model, variables, x, impl="float"))
-  assert models.create_model("abc_cnn_float", 10, channels=(4, 8), hidden=16).init(
-      jax.random.key(0), x)["params"].keys().isdisjoint({"ABCConv_0", "ABCDense_0"})
+  run = jax.jit(lambda v, x, impl: fnn.binary_apply(model, v, x, impl=impl), static_argnums=2)
+  np.testing.assert_array_equal(run(packed, x, "packed"), run(variables, x, "float"))
+  float_model = models.create_model("abc_cnn_float", 10, channels=(4, 8), hidden=16)
+  params = jax.eval_shape(float_model.init, jax.random.key(0), x)["params"]
+  assert params.keys().isdisjoint({"ABCConv_0", "ABCDense_0"}) and "Conv_1" in params
 
 
 def test_packed_model_on_four_host_devices():
@@ -315,11 +315,11 @@ def test_bad_input():
     ops.packed_matmul(a, a, 40, mask=a[:1])
 
   dense = nn.Dense(3)
-  dv = dense.init(jax.random.key(0), jnp.ones((2, 4)))
+  dv = jax.jit(dense.init)(jax.random.key(0), jnp.ones((2, 4)))
   with pytest.raises(ValueError, match="no binary"):
     fnn.pack_binary_variables(dv, 1)
   net, x = _Net(), jnp.ones((2, 9, 9, 3))
-  v = net.init(jax.random.key(1), x)
+  v = jax.jit(net.init)(jax.random.key(1), x)
   with pytest.raises(ValueError, match="'Dense_0' is not binary"):
     fnn.pack_binary_variables(v, 3, layers=[("Dense_0",)])
   with pytest.raises(ValueError, match="no packed binary layer"):

@@ -24,6 +24,7 @@ norm, pooling) runs unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -225,18 +226,25 @@ def binary_layer_paths(params: Any, prefix: tuple = ()) -> list[tuple[str, ...]]
   return found
 
 
-def _pack_kernel(kernel, weight_bases: int) -> PackedBinaryKernel:
-  kernel = jnp.asarray(kernel, jnp.float32)
+@functools.partial(jax.jit, static_argnums=1)
+def _packed_rows(kernel: jax.Array, weight_bases: int) -> tuple[jax.Array, jax.Array]:
+  """(M, O, W) packed sign words of the bases of a kernel, and alpha (one compiled program)."""
   bases, alpha = _binary.binary_bases(kernel, weight_bases)
   if kernel.ndim == 4:  # HWIO -> (C, kh, kw) fan-in order, the order of the im2col patches
     bases = jnp.transpose(bases, (0, 3, 1, 2, 4))
-  elif kernel.ndim != 2:
-    raise ValueError(f"pack_binary_variables: kernel must be (in, out) or HWIO, got shape "
-                     f"{kernel.shape}.")
   m, o = bases.shape[0], bases.shape[-1]
   rows = jnp.swapaxes(bases.reshape(m, -1, o), 1, 2)  # (M, O, K)
-  return PackedBinaryKernel(words=_binary.pack_bits(rows), alpha=alpha,
-                            length=int(rows.shape[-1]), kernel_shape=tuple(kernel.shape))
+  return _binary.pack_bits(rows), alpha
+
+
+def _pack_kernel(kernel, weight_bases: int) -> PackedBinaryKernel:
+  kernel = jnp.asarray(kernel, jnp.float32)
+  if kernel.ndim not in (2, 4):
+    raise ValueError(f"pack_binary_variables: kernel must be (in, out) or HWIO, got shape "
+                     f"{kernel.shape}.")
+  words, alpha = _packed_rows(kernel, int(weight_bases))
+  return PackedBinaryKernel(words=words, alpha=alpha, length=int(np.prod(kernel.shape[:-1])),
+                            kernel_shape=tuple(kernel.shape))
 
 
 def pack_binary_variables(variables: Any, weight_bases: int | dict, *,
