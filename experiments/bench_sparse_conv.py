@@ -189,6 +189,12 @@ def _bench_layer(spec, sparsity, config, rng, on_gpu):
       fns["pallas"] = lambda: pallas_f(x, sk)
     except Exception as e:  # noqa: BLE001
       pallas_error = f"{type(e).__name__}: {e}"[:2000]
+      if tuned is None:  # G-BFS drops failing candidates silently: record the default tiles' error
+        try:
+          jax.block_until_ready(ops.sparse_conv2d(x, sk, s, padding, impl="pallas",
+                                                  interpret=interpret))
+        except Exception as e2:  # noqa: BLE001
+          pallas_error += f"; default tiles: {type(e2).__name__}: {e2}"[:2000]
   timed = benchmarking.time_interleaved(fns, config["warmup"], config["repeats"])
   med, outs = timed["median"], timed["outputs"]
   row = dict(network=spec["network"], layer=spec["layer"], sparsity=sparsity,
