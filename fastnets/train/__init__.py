@@ -4,6 +4,8 @@ from fastnets.train.checkpoint import (Checkpointer, WorkdirMismatchError,
                                        check_or_record_run_config)
 from fastnets.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from fastnets.train.loop import NonFiniteLossError, TrainResult, evaluate, fit
+from fastnets.train.multiseed import (SEED_BATCHING, MultiSeedResult, evaluate_seeds,
+                                      fit_seeds)
 from fastnets.train.optim import make_optimizer, make_schedule
 from fastnets.train.sharding import (DATA_AXIS, batch_sharded, check_batch_size, make_mesh,
                                      maybe_initialize_distributed, replicate, replicated,
@@ -12,6 +14,7 @@ from fastnets.train.tuning import grid_points, grid_search, tune_arms
 from fastnets.train.distillation import TeacherFn, distillation_loss, with_sown_losses
 from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
                                   init_train_state, make_eval_step, make_train_step)
+from fastnets.train.steps import init_key, make_keyed_train_step
 
 __all__ = [
     "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
@@ -20,5 +23,7 @@ __all__ = [
     "empty_metric_sums", "evaluate", "fit", "grid_points", "grid_search", "init_train_state", "make_eval_step", "make_mesh",
     "make_optimizer", "make_schedule", "make_train_step", "maybe_initialize_distributed",
     "replicate", "replicated", "shard_batch", "tune_arms",
+    "MultiSeedResult", "SEED_BATCHING", "evaluate_seeds", "fit_seeds", "init_key",
+    "make_keyed_train_step",
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]

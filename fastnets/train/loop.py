@@ -31,7 +31,7 @@ from fastnets.train.checkpoint import Checkpointer, check_or_record_run_config
 from fastnets.train.config import REPORTING_FIELDS, TrainConfig
 from fastnets.train.optim import make_optimizer
 from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
-                                  init_train_state, make_eval_step, make_train_step)
+                                  init_key, init_train_state, make_eval_step, make_train_step)
 
 Callback = Callable[[int, TrainState], Optional[TrainState]]
 
@@ -66,7 +66,7 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class _TensorBoard:
+class TensorBoardWriter:
   """TensorBoard scalars via tensorboardX (no TensorFlow needed); a no-op without a workdir, and
   without tensorboardX, which is optional (a warning says so and training goes on)."""
 
@@ -100,18 +100,25 @@ def evaluate(model: nn.Module, state: TrainState, dataset: Dataset, batch_size: 
   Returns: {"accuracy": float, "loss": float, "count": int}.
   """
   mesh = mesh or shd.make_mesh()
-  n = mesh.devices.size
-  batch_size = int(math.ceil(batch_size / n) * n)
   eval_step = eval_step or jax.jit(make_eval_step(model), out_shardings=shd.replicated(mesh))
-  source = dataset.split(split)
-  totals = None
-  for batch in eval_batches(dataset, source, batch_size):
-    out = eval_step(state, shd.shard_batch(batch, mesh))
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  totals = eval_totals(eval_step, state, dataset, split, batch_size, mesh)
   count = float(totals["count"])
   return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss_sum"]) / count,
           "count": int(count)}
+
+
+def eval_totals(eval_step, state: TrainState, dataset: Dataset, split: str, batch_size: int,
+                mesh: jax.sharding.Mesh) -> dict:
+  """Sums `eval_step(state, batch)` (e.g. `make_eval_step`'s "correct", "loss_sum", "count") over
+  every example of a split once, in batches of `batch_size` rounded up to a multiple of the
+  mesh's devices and split over them. Returns the totals as host numpy arrays."""
+  n = mesh.devices.size
+  batch_size = int(math.ceil(batch_size / n) * n)
+  totals = None
+  for batch in eval_batches(dataset, dataset.split(split), batch_size):
+    out = eval_step(state, shd.shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  return jax.device_get(totals)
 
 
 def fit(model: nn.Module,
@@ -176,10 +183,8 @@ def fit(model: nn.Module,
     tx = tx_wrapper(tx)
 
   sample = next(eval_batches(dataset, dataset.train, 1))["image"]
-  # Train steps use fold_in(key(seed), step) with step < steps; initialisation takes an index no
-  # step reaches.
-  init_key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  state = jax.jit(lambda x: init_train_state(model, tx, init_key, x),
+  key = init_key(config.seed)
+  state = jax.jit(lambda x: init_train_state(model, tx, key, x),
                   out_shardings=shd.replicated(mesh))(jnp.asarray(sample))
 
   # Metric names come from tracing one variant once (shapes only, nothing runs).
@@ -212,7 +217,7 @@ def fit(model: nn.Module,
       history = list(meta.get("history", []))
       resumed_from = latest
       say(f"resumed from the checkpoint of step {latest} in {checkpointer.directory}")
-  tb = _TensorBoard(os.path.join(workdir, "tb") if workdir else None)
+  tb = TensorBoardWriter(os.path.join(workdir, "tb") if workdir else None)
 
   def save(step):
     if checkpointer is not None:

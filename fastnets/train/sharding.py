@@ -34,8 +34,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Split along `axis` over "data" (axis 1 for seed-stacked (seeds, batch, ...) arrays)."""
+  return NamedSharding(mesh, P(*([None] * axis), DATA_AXIS))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
@@ -48,20 +49,21 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
                      f"of {n} (e.g. {fix}).")
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Places a global numpy batch on the mesh, split along axis 0 over "data".
+def shard_batch(batch: dict, mesh: Mesh, axis: int = 0) -> dict:
+  """Places a global numpy batch on the mesh, split along its batch axis `axis` over "data".
 
+  `axis` is 0 for (batch, ...) arrays, 1 for seed-stacked (seeds, batch, ...) ones (`fit_seeds`).
   With several processes, each process contributes its own contiguous slice of the global batch
   (all processes produce the same global batch, so no data is duplicated or lost).
   """
-  sharding = batch_sharded(mesh)
+  sharding = batch_sharded(mesh, axis)
   count, index = jax.process_count(), jax.process_index()
 
   def put(x):
     x = np.asarray(x)
-    local = x.shape[0] // count
-    return jax.make_array_from_process_local_data(
-        sharding, x[index * local:(index + 1) * local], x.shape)
+    local = x.shape[axis] // count
+    piece = x[(slice(None),) * axis + (slice(index * local, (index + 1) * local),)]
+    return jax.make_array_from_process_local_data(sharding, piece, x.shape)
 
   return jax.tree.map(put, batch)
 

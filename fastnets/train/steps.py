@@ -64,6 +64,16 @@ def classification_loss(model: nn.Module, label_smoothing: float = 0.0,
   return loss_fn
 
 
+# Every key of a run derives from `jax.random.key(seed)`: step s trains with `fold_in(key, s)` and
+# initialisation takes an index no step reaches.
+INIT_KEY_INDEX = 2**31 - 1
+
+
+def init_key(seed: int) -> jax.Array:
+  """The key that initialises the model of the run with `seed` (`fit`, `fit_seeds`)."""
+  return jax.random.fold_in(jax.random.key(seed), INIT_KEY_INDEX)
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, seed: int):
   """Builds `train_step(state, batch, metric_sums) -> (state, metric_sums)` (not jitted).
 
@@ -72,10 +82,25 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, seed: int
   gradients are finite), so that the host reads them only when it reports (no per-step sync).
   The step's PRNG key is `fold_in(key(seed), step)`: identical whether or not the run resumed.
   """
-  base_key = jax.random.key(seed)
+  keyed_step = make_keyed_train_step(loss_fn, tx)
+  run_key = jax.random.key(seed)
 
   def train_step(state: TrainState, batch, metric_sums):
-    rng = jax.random.fold_in(base_key, state.step)
+    return keyed_step(state, batch, metric_sums, run_key)
+
+  return train_step
+
+
+def make_keyed_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
+  """`make_train_step` with the run's key as an argument instead of a constant.
+
+  Returns `train_step(state, batch, metric_sums, run_key) -> (state, metric_sums)` where
+  `run_key = jax.random.key(seed)`; the step's key is `fold_in(run_key, state.step)`. With the key
+  an argument, one program can train several seeds (`fit_seeds` maps it over stacked states).
+  """
+
+  def train_step(state: TrainState, batch, metric_sums, run_key):
+    rng = jax.random.fold_in(run_key, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (new_model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch,
                                                         rng)
