@@ -1,4 +1,4 @@
-"""GM-SOP: global average pooling vs covariance (iSQRT-COV) vs gated mixture of second-order pooling.
+"""GM-SOP: global average pooling vs covariance (iSQRT-COV) vs gated second-order pooling.
 
     python -m experiments.gm_sop --workdir=runs/gm_sop --quick
 
