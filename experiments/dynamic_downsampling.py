@@ -11,26 +11,26 @@ and their ratios to the baseline of the same run.
 
 Training time excludes compilation: a callback waits for each step and times it; the first step
 of each variant (compilation) is replaced by that variant's median step time. It includes the
-host's batch preparation. The runs are sequential, so on a shared machine a load change between
-them moves the measured saving (`time_saving`); `time_saving_same_run` is the load-robust
-estimate, and the one the report judges: the saving predicted from the median full and
-downsampled step times measured (interleaved) within the schedule's own runs,
-1 - ((1 - f) t_full + f t_down) / t_full for a downsampled fraction f. The runs share a temporary
+host's batch preparation. For each seed the baseline and every schedule run one after the other,
+so each seed is one interleaved round; the report judges the per-round ratios of measured
+training time (schedule / baseline of the same seed) and their 95% interval. The estimate from
+step times, 1 - ((1 - f) t_full + f t_down) / t_full for a downsampled fraction f, is kept in
+results.json (`time_saving_same_run`) but not judged. The runs share a temporary
 XLA compilation cache (`_compilation_cache`), which shortens the experiment, not the timed steps.
 
-Accuracy: `accuracy_change_points` is the mean over seeds of the schedule's validation accuracy
+Accuracy: `accuracy_change_points` is the mean over seeds of the schedule's test accuracy
 minus the baseline's of the same seed (same initialisation and batches), in points;
 `accuracy_change_points_std` its standard deviation over seeds (ddof 1).
 
-Quick: ResNet-8 with widths (8, 8, 16, 32) on the bundled MNIST (8,000 / 2,000 digits), 1,500
-Adam steps of batch 32 with a cosine decay (6 epochs; the baseline reaches ~98.5%), schedules
-phase:0.25 (the first quarter of training downsampled, coarse to fine) and every:4 (every 4th
-batch, interleaved as in the paper), both 25% of the batches, three seeds. Shorter runs lose more:
-with 300 steps of batch 64 (baseline ~96%, one seed) every schedule lost 0.95-1.6 points, with 600
-steps of batch 64 (~97.7%, three seeds) the mean loss was 0.45-0.93 points. Full (DEFAULTS):
+Quick: ResNet-8 with widths (8, 8, 16, 32) on the bundled MNIST (7,000 / 1,000 / 2,000 digits),
+1,500 Adam steps of batch 32 with a cosine decay, schedules phase:0.25 (the first quarter of
+training downsampled, coarse to fine) and every:4 (every 4th batch, interleaved as in the paper),
+both 25% of the batches, five seeds (the accuracy margin is half a point). How this setting was
+chosen is recorded in results.json (`tuning`). Full (DEFAULTS):
 ResNet-20 on CIFAR-10, 20,000 momentum-SGD steps, crop+flip, three seeds.
 
-Writes to --workdir: results.json (metrics.<baseline|schedule> = {wall_time_s, val_accuracy, ...})
+Writes to --workdir: results.json (metrics.<baseline|schedule> = {wall_time_s, test_accuracy,
+...})
 and time_vs_accuracy.png.
 """
 
@@ -46,7 +46,7 @@ import jax
 import numpy as np
 
 from experiments import common
-from fastnets import data, models, nn as fnn, train
+from fastnets import benchmarking, data, evidence, models, nn as fnn, train
 from fastnets.train import downsampling
 
 NAME = "dynamic_downsampling"
@@ -78,8 +78,17 @@ QUICK = {
     "dataset": "mnist_bundled", "depth": 8, "widths": [8, 8, 16, 32], "steps": 1500,
     "batch_size": 32, "optimizer": "adam", "learning_rate": 3e-3, "weight_decay": 0.0,
     "warmup_steps": 0, "augment": "none",
-    "schedules": ["phase:0.25", "every:4"], "seeds": [0, 1, 2],
+    "schedules": ["phase:0.25", "every:4"], "seeds": [0, 1, 2, 3, 4],
     "log_every": 500,
+}
+# Where the QUICK setting came from (results.json `tuning`): not from a validation sweep.
+QUICK_TUNING = {
+    "status": "not re-derived under the evidence protocol",
+    "note": "steps, batch, learning rate and the two schedules were chosen in an earlier version "
+            "by looking at the accuracy and time of seeds 0-2 on the digits that were then the "
+            "validation split (three other schedules were dropped then); those digits are now "
+            "training digits and the 2,000 test digits were never looked at. Five seeds now, "
+            "judged on the test split.",
 }
 SMOKE = {**QUICK, "steps": 4, "batch_size": 16, "eval_batch_size": 500, "log_every": 2,
          "schedules": ["every:2,until:0.5"], "widths": [4, 4, 8, 8], "seeds": [0]}
@@ -190,7 +199,7 @@ def _train_one(model, dataset, config, spec, seed) -> dict:
   timer = StepTimer(kw["choose_variant"])
   result = train.fit(model, dataset, tconfig, None, callbacks=[timer], verbose=False, **kw)
   timing = timer.summary(steps, kw["choose_variant"](0))
-  return {"val_accuracy": result.metrics["val_accuracy"], "train_time_s": timing["train_time_s"],
+  return {"test_accuracy": result.metrics["test_accuracy"], "train_time_s": timing["train_time_s"],
           "fit_wall_time_s": result.metrics["wall_time_s"],
           "median_step_s": timing["median_step_s"],
           "downsampled_fraction": schedule.downsampled_fraction(steps),
@@ -205,7 +214,7 @@ def _plot(metrics: dict, names: list, path: str, title: str) -> str:
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
   for i, name in enumerate(names):
     m = metrics[name]
-    acc = 100 * np.asarray(m["val_accuracy_seeds"])
+    acc = 100 * np.asarray(m["test_accuracy_seeds"])
     secs = np.asarray(m["wall_time_s_seeds"])
     marker = "s" if name == "baseline" else "o"
     ax1.errorbar(secs.mean(), acc.mean(), xerr=secs.std() if len(secs) > 1 else None,
@@ -242,7 +251,7 @@ def run(config: dict) -> dict:
     for seed in config["seeds"]:
       for name, spec in zip(names, specs):
         out = _train_one(model, dataset, config, spec, seed)
-        print(f"{name} seed {seed}: val accuracy {out['val_accuracy']:.4f}, train time "
+        print(f"{name} seed {seed}: test accuracy {out['test_accuracy']:.4f}, train time "
               f"{out['train_time_s']:.1f} s (fit {out['fit_wall_time_s']:.1f} s), downsampled "
               f"{out['downsampled_fraction']:.2f}", flush=True)
         runs[name].append(out)
@@ -250,22 +259,22 @@ def run(config: dict) -> dict:
   metrics: dict = {"conv_flops_per_example": flops,
                    "conv_flops_ratio_downsampled_step": flops["downsampled"] / flops["full"]}
   base_time = float(np.mean([r["train_time_s"] for r in runs["baseline"]]))
-  base_accs = [r["val_accuracy"] for r in runs["baseline"]]
+  base_accs = [r["test_accuracy"] for r in runs["baseline"]]
   for name in names:
     rs = runs[name]
     fraction = rs[0]["downsampled_fraction"]
     # Paired by seed: the same initialisation and batches, only the schedule differs.
-    diffs = [100 * (r["val_accuracy"] - b) for r, b in zip(rs, base_accs)]
+    diffs = [100 * (r["test_accuracy"] - b) for r, b in zip(rs, base_accs)]
     per_step = (1 - fraction) * flops["full"] + fraction * flops["downsampled"]
     wall = float(np.mean([r["train_time_s"] for r in rs]))
-    acc = float(np.mean([r["val_accuracy"] for r in rs]))
+    acc = float(np.mean([r["test_accuracy"] for r in rs]))
     steps_ms = {v: 1000 * float(np.mean([r["median_step_s"].get(v, np.nan) for r in rs]))
                 for v in (downsampling.FULL, downsampling.DOWNSAMPLED)
                 if any(v in r["median_step_s"] for r in rs)}
     metrics[name] = {
-        "wall_time_s": wall, "val_accuracy": acc,
+        "wall_time_s": wall, "test_accuracy": acc,
         "wall_time_s_seeds": [r["train_time_s"] for r in rs],
-        "val_accuracy_seeds": [r["val_accuracy"] for r in rs],
+        "test_accuracy_seeds": [r["test_accuracy"] for r in rs],
         "fit_wall_time_s_seeds": [r["fit_wall_time_s"] for r in rs],
         "downsampled_fraction": fraction,
         "conv_gflops": per_step * config["batch_size"] * config["steps"] / 1e9,
@@ -290,6 +299,7 @@ def run(config: dict) -> dict:
   history = {name: runs[name][0]["history"] for name in names}
   return common.write_results(workdir, NAME, config, metrics, PAPER, clock(), plots=plots,
                               history=history, schedules=dict(zip(names, specs)),
+                              tuning=QUICK_TUNING,
                               load_average={"start": load_start, "end": common.load_average()})
 
 
@@ -298,41 +308,45 @@ def _pct(value) -> str:
 
 
 def report_rows(results: dict) -> list[dict]:
-  """The cost model row, then one row per schedule against the issue's target."""
-  m = results["metrics"]
-  seeds = len(results["config"]["seeds"])
-  rows = [{"technique": "Dynamic downsampling: conv FLOPs of a downsampled step",
-           "claim": PAPER["cost_model"], "paper": "~11%",
-           "ours": f"{100 * m['conv_flops_ratio_downsampled_step']:.1f}% (analytic, whole train "
-                   "step; 1x1 projections are not pooled)",
-           "reproduced": m["conv_flops_ratio_downsampled_step"] <= 0.15}]
+  """The cost model (a measurement), then per schedule: measured training time against the
+  baseline (per-seed ratios of paired runs, interleaved by seed) and accuracy (paired per-seed
+  change of test accuracy, 0.5-point margin: five seeds)."""
+  m, cfg = results["metrics"], results["config"]
+  seeds = cfg["seeds"]
+  scale = "paper" if cfg["dataset"] == "cifar10" and cfg["steps"] >= 20000 else "proxy"
+  setting = (f"{cfg['dataset']}, ResNet-{cfg['depth']} widths {cfg['widths']}, {cfg['steps']} "
+             f"steps of batch {cfg['batch_size']}, seeds {', '.join(str(v) for v in seeds)}")
+  rows = [evidence.row(
+      "Dynamic downsampling: conv FLOPs of a downsampled step", PAPER["cost_model"], "~11%",
+      f"{100 * m['conv_flops_ratio_downsampled_step']:.1f}% (analytic, whole train step; 1x1 "
+      "projections are not pooled)", scale=scale, setting=setting, verdict=None)]
   names = [k for k in results.get("schedules", m)  # run order (metrics may come back sorted)
            if isinstance(m.get(k), dict) and "time_saving" in m[k] and k != "baseline"]
   base = m["baseline"]
   for name in names:
     r = m[name]
-    # The same-run estimate is judged (load-robust); the sequential runs' saving is shown too.
-    saving = r.get("time_saving_same_run")
-    saving = r["time_saving"] if saving is None else saving
-    ok = saving >= TIME_TARGET and r["accuracy_change_points"] >= -100 * ACC_TOLERANCE
-    step_ms = r["median_step_ms"]
-    spread = (f" +- {r['accuracy_change_points_std']:.2f} (std over seeds; per seed "
-              + ", ".join(f"{d:+.2f}" for d in r["accuracy_change_points_seeds"]) + ")"
-              if "accuracy_change_points_seeds" in r and seeds > 1 else "")
-    rows.append({
-        "technique": f"Dynamic downsampling ({name}, {100 * r['downsampled_fraction']:.0f}% of "
-                     "batches downsampled)",
-        "claim": PAPER["claim"] + "; target >= 15% less time, accuracy within 0.5 points",
-        "paper": "up to 23% less time, minimal accuracy loss",
-        "ours": (f"{_pct(saving)} less training time (same-run estimate from step "
-                 f"{step_ms.get('downsampled', float('nan')):.1f} ms downsampled vs "
-                 f"{step_ms.get('full', float('nan')):.1f} ms full; sequential runs "
-                 f"{100 * r['time_saving']:.1f}%, {r['wall_time_s']:.1f} s vs "
-                 f"{base['wall_time_s']:.1f} s), {100 * (1 - r['flops_ratio']):.0f}% fewer conv "
-                 f"FLOPs; accuracy {100 * r['val_accuracy']:.2f}% vs "
-                 f"{100 * base['val_accuracy']:.2f}%, change {r['accuracy_change_points']:+.2f} "
-                 f"points{spread}, paired by seed; {seeds} seed(s), shared-CPU timings"),
-        "reproduced": ok})
+    ratio = benchmarking.ratio_summary(r["wall_time_s_seeds"], base["wall_time_s_seeds"])
+    rows.append(evidence.row(
+        f"Dynamic downsampling ({name}, {100 * r['downsampled_fraction']:.0f}% of batches "
+        "downsampled): training time",
+        PAPER["claim"] + "; target: at least 15% less training time than the baseline",
+        "up to 23% less time",
+        f"time ratio to the baseline {benchmarking.format_ratio(ratio)} (paired runs, one round "
+        f"per seed; {r['wall_time_s']:.1f} s vs {base['wall_time_s']:.1f} s mean); "
+        f"{100 * (1 - r['flops_ratio']):.0f}% fewer conv FLOPs",
+        scale=scale, setting=setting + "; compilation excluded",
+        verdict=benchmarking.judge_ratio(ratio, 1 - TIME_TARGET, "less", scale=scale)))
+    diff, verdict = evidence.judge_paired(r["test_accuracy_seeds"], base["test_accuracy_seeds"],
+                                          -ACC_TOLERANCE, "greater", scale=scale,
+                                          min_seeds=evidence.MIN_SEEDS_SMALL_EFFECT)
+    rows.append(evidence.row(
+        f"Dynamic downsampling ({name}): accuracy",
+        "minimal accuracy loss; target: at most 0.5 points below the baseline",
+        "minimal accuracy loss",
+        f"{evidence.format_summary(evidence.summarize(r['test_accuracy_seeds']), 100)} vs "
+        f"baseline {evidence.format_summary(evidence.summarize(base['test_accuracy_seeds']), 100)}"
+        f"; paired change {evidence.format_summary(diff, 100, unit=' pts')}",
+        scale=scale, setting=setting, verdict=verdict))
   return rows
 
 
