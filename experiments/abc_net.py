@@ -249,7 +249,8 @@ def report_rows(results: dict) -> list[dict]:
   per_arm = "; ".join(
       f"{k}: predictions {'identical' if c['predictions_equal'] else 'differ'}, logits "
       f"{'identical' if c['logits_equal'] else 'differ'} ({c['examples']} test images), "
-      f"agreement with training-time evaluation {100 * c['agreement_with_training_evaluation']:.2f}%"
+      f"agreement with training-time evaluation "
+      f"{100 * c['agreement_with_training_evaluation']:.2f}%"
       for k, c in packed["per_arm"].items())
   rows.append(evidence.row(
       tech, "packed inference (XNOR + popcount on uint32 words) gives the predictions of the "

@@ -8,18 +8,21 @@ scales beta_n (and a bias). Their forward pass is the paper's binary layer
 with B_m, alpha_m from `fastnets.ops.binary_bases(W, M)` (recomputed from W at every call) and
 H_{v_n} from `fastnets.ops.binary_activations`. Training and `model.apply` evaluate it in float as
 one product of the combined activation sum_n beta_n H_n with the combined weight sum_m alpha_m B_m
-(the same value, M * N times cheaper), with straight-through gradients.
+(mathematically the same value, M * N times cheaper), with straight-through gradients.
 
-Packed inference. `pack_binary_variables(variables)` replaces each ABC layer's kernel by a
+Packed inference. `pack_binary_variables(variables, M)` replaces each ABC layer's kernel by a
 `PackedBinaryKernel`: the signs of its M bases packed into uint32 words (bit 1 for +1) and the
-coefficients alpha. Inside `binary_apply(model, packed_variables, x)` (or any `model.apply` with
-such variables) an ABC layer binarises its input into N sign planes, packs them, and computes every
-binary dot product as XNOR + population count (`fastnets.ops.packed_matmul`): exact int32 counts,
-so the layer output equals the float evaluation of the same binary network up to float rounding
-of the final sum_mn alpha_m beta_n count_mn (predictions are identical). Convolutions go through
-im2col patches; zero padding is carried as a validity mask, so padded positions count zero, as in
-the float convolution. Everything else in the model (first and last full-precision layers, batch
-norm, pooling) runs unchanged.
+coefficients alpha. With such variables (`binary_apply(model, packed_variables, x)`) an ABC layer
+binarises its input into N sign planes, packs them, and computes every binary dot product as
+XNOR + population count (`fastnets.ops.packed_matmul`): exact int32 counts count_mn, combined as
+sum_mn alpha_m beta_n count_mn. `binary_apply(model, variables, x, impl="float")` is the float
+evaluation of the same binary network: each count_mn is a float product of +-1 tensors (an exact
+integer in float32) and the combination is the same computation, so the two paths give identical
+logits and predictions. (The training-time evaluation, one product of the combined tensors,
+rounds differently; a value close to a binarisation threshold in a later layer can then flip.)
+Convolutions go through im2col patches; zero padding is carried as a validity mask, so padded
+positions count zero, as in the float convolution. Everything else in the model (first and last
+full-precision layers, batch norm, pooling) runs unchanged.
 """
 
 from __future__ import annotations
