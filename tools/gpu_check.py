@@ -542,7 +542,8 @@ def render(s: dict) -> str:
         [(f"{r['network']} {r['layer']}", "x".join(map(str, r["x"])), f"{r['sparsity']:.2f}",
           _f(r["pallas_ms"], ".3f"), _f(r["dense_ms"], ".3f"), _f(r["im2col_ms"], ".3f"),
           _f(r["bcoo_ms"], ".3f"), _f(r["direct_xla_ms"], ".3f"),
-          _x(r["pallas_vs_dense"]), _x(r["pallas_vs_im2col"]), _x(r["pallas_vs_bcoo"]), _f(r["max_rel_err"], ".1e"),
+          _x(r["pallas_vs_dense"]), _x(r["pallas_vs_im2col"]), _x(r["pallas_vs_bcoo"]),
+          _f(r["max_rel_err"], ".1e"),
           "-" if not r["pallas_config"] else "{block_h}x{block_w}x{block_o}/w{num_warps}".format(
               **r["pallas_config"]))
          for r in es["rows"]]) + [""]
@@ -563,7 +564,7 @@ def render(s: dict) -> str:
   lines += ["## Reversible backprop: compiled step memory vs depth", ""]
   if rv:
     lines += _table(["method"] + [f"{d} blocks MiB / ms" for d in rv["depths"]],
-                    [(k, *(f"{a:.1f} / {b:.2f}" for a, b in zip(rv["temp_mib"][k],
+                    [(k, *(f"{a:.2f} / {b:.2f}" for a, b in zip(rv["temp_mib"][k],
                                                                 rv["step_ms"][k])))
                      for k in rv["temp_mib"]]) + [""]
   else:
