@@ -5,7 +5,7 @@ from fastnets.train.checkpoint import (Checkpointer, WorkdirMismatchError,
 from fastnets.train.config import OPTIMIZERS, SCHEDULES, TrainConfig
 from fastnets.train.loop import NonFiniteLossError, TrainResult, evaluate, fit
 from fastnets.train.multiseed import (SEED_BATCHING, MultiSeedResult, evaluate_seeds,
-                                      fit_seeds)
+                                      fit_seeds, map_seeds)
 from fastnets.train.optim import make_optimizer, make_schedule
 from fastnets.train.sharding import (DATA_AXIS, batch_sharded, check_batch_size, make_mesh,
                                      maybe_initialize_distributed, replicate, replicated,
@@ -24,6 +24,6 @@ __all__ = [
     "make_optimizer", "make_schedule", "make_train_step", "maybe_initialize_distributed",
     "replicate", "replicated", "shard_batch", "tune_arms",
     "MultiSeedResult", "SEED_BATCHING", "evaluate_seeds", "fit_seeds", "init_key",
-    "make_keyed_train_step",
+    "make_keyed_train_step", "map_seeds",
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]

@@ -96,10 +96,24 @@ class MultiSeedResult:
     return jax.tree.map(lambda x: x[index], self.state)
 
 
-def _map_seeds(fn: Callable, num_seeds: int, seed_batching: str, in_axes: Sequence[Any]):
-  """`fn` applied to each seed's slice of the arguments whose `in_axes` entry is 0 (the others are
-  shared), outputs stacked along a new leading seed axis; by vmap or by unrolling. Named
-  `seeds_<fn's name>` (compilation logs show that name)."""
+def map_seeds(fn: Callable, num_seeds: int, seed_batching: str, in_axes: Sequence[Any]):
+  """Maps `fn` over a leading seed axis inside one program, by vmap or by unrolling.
+
+  Args:
+    fn: a one-seed function of pytrees.
+    num_seeds: the length of the seed axis.
+    seed_batching: "vmap" or "unroll" (see the module docstring; "auto" is resolved by the
+      callers, which know the loss).
+    in_axes: per argument of `fn`, 0 (stacked along a leading seed axis) or None (shared).
+
+  Returns:
+    `mapped(*args)`, with `fn`'s outputs stacked along a new leading seed axis; named
+    `seeds_<fn's name>`, the name compilation logs show.
+  """
+  if seed_batching not in ("vmap", "unroll"):
+    raise ValueError(f"seed_batching must be 'vmap' or 'unroll' here, got {seed_batching!r}.")
+  if any(axis not in (0, None) for axis in in_axes):
+    raise ValueError(f"in_axes entries must be 0 or None, got {tuple(in_axes)}.")
 
   def unrolled(*args):
     outs = []
@@ -200,7 +214,7 @@ def evaluate_seeds(model: nn.Module, states: TrainState, dataset: Dataset,
                "mask": jax.ShapeDtypeStruct((1,), jnp.float32)}
     jaxpr = jax.make_jaxpr(make_eval_step(model))(one_state, example)
     mode = _resolve_seed_batching(seed_batching, jaxpr, mesh)
-    eval_step = jax.jit(_map_seeds(make_eval_step(model), num_seeds, mode, (0, None)),
+    eval_step = jax.jit(map_seeds(make_eval_step(model), num_seeds, mode, (0, None)),
                         out_shardings=shd.replicated(mesh))
   return _seed_lists(eval_totals(eval_step, states, dataset, split, batch_size, mesh))
 
@@ -281,14 +295,14 @@ def fit_seeds(model: nn.Module,
   def init_state(key, x):
     return init_train_state(model, tx, key, x)
 
-  state = jax.jit(_map_seeds(init_state, num_seeds, mode, (0, None)),
+  state = jax.jit(map_seeds(init_state, num_seeds, mode, (0, None)),
                   out_shardings=repl)(init_keys, sample)
   # The run key of `make_train_step`: step t of seed s draws fold_in(key(s), t).
   run_keys = shd.replicate(jnp.stack([jax.random.key(s) for s in seeds]), mesh)
-  step_fn = jax.jit(_map_seeds(make_keyed_train_step(loss_fn, tx), num_seeds, mode,
+  step_fn = jax.jit(map_seeds(make_keyed_train_step(loss_fn, tx), num_seeds, mode,
                                (0, 0, 0, 0)),
                     donate_argnums=(0, 2), out_shardings=(repl, repl))
-  eval_step = jax.jit(_map_seeds(make_eval_step(model), num_seeds, mode, (0, None)),
+  eval_step = jax.jit(map_seeds(make_eval_step(model), num_seeds, mode, (0, None)),
                       out_shardings=repl)
   empty_sums = lambda: shd.replicate(_stack(empty_metric_sums(metric_names), num_seeds), mesh)
 
