@@ -1,6 +1,6 @@
 """fastnets: a JAX research codebase for efficient deep networks.
 
-`kernels/` lives at the top of the repository (see ARCHITECTURE.md) and is installed as the
+`kernels/` lives at the top of the repository (see docs/ARCHITECTURE.md) and is installed as the
 subpackage `fastnets.kernels` through `package_dir`.
 """
 
@@ -29,6 +29,7 @@ EXTRAS = {
         "nbformat>=5.9",
         "nbclient>=0.10",
         "ipykernel>=6.29",
+        "ruff>=0.6",
     ],
     "gpu": ["jax[cuda12]>=0.10"],
 }

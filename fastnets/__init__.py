@@ -1,7 +1,9 @@
 """fastnets: efficient deep networks in JAX.
 
-Subpackages (dependencies point downwards): `train`, `models`, `nn`, `ops`, `data`; Pallas kernels
-in `fastnets.kernels`; `evidence` (seed statistics and verdicts) is a leaf any layer may use. `from fastnets import ops, nn` is the entry point for use in your own code.
+Subpackages (dependencies point downwards): `train`, `models`, `nn`, `ops`, `kernels` (Pallas and
+native kernels), `data`. Leaf modules any layer may use: `checks` (argument checks), `evidence`
+(seed statistics and verdicts), `benchmarking` (interleaved timing), `sparse_format`. See
+docs/ARCHITECTURE.md. `from fastnets import ops, nn` is the entry point for your own code.
 """
 
 import importlib as _importlib

@@ -3,9 +3,11 @@
 `native` holds C++ kernels for the CPU (sources in `csrc/`), compiled on first use and called as
 XLA FFI custom calls; the others are Pallas kernels for GPUs.
 
-Every kernel has a pure-JAX reference in `fastnets.ops` that is the test oracle (and the fallback
-path). Pallas kernels take `interpret=` (run on CPU through the Pallas interpreter) and are tested by
-lowering for CUDA from the CPU (see tests/ and ../shared/design/KERNELS.md).
+Each Pallas kernel module holds its pure-JAX reference (the test oracle), its kernel and its custom
+VJP, and imports only leaf modules (`fastnets.checks`, `fastnets.sparse_format`), never
+`fastnets.ops`: the ops import the kernels and dispatch on `impl=`. Pallas kernels take
+`interpret=` (run on a CPU through the Pallas interpreter) and are tested by lowering for CUDA
+from the CPU; see docs/KERNELS.md.
 """
 
 __all__ = []

@@ -106,7 +106,7 @@ def make_keyed_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
                                                         rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree_utils.tree_norm(grads)
     metrics = {"loss": loss, "grad_norm": grad_norm, **metrics}
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     sums = dict(metric_sums)
