@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets.kernels.sparse_conv import SparseConvConfig, default_config, sparse_conv2d_pallas
 from fastnets.checks import next_power_of_two, pair
+from fastnets.kernels.sparse_conv import SparseConvConfig, default_config, sparse_conv2d_pallas
 from fastnets.sparse_format import SparseKernel, conv_output_geometry
 
 __all__ = [

@@ -53,7 +53,11 @@ from jax.experimental.pallas import triton as pltriton
 
 from fastnets.checks import is_power_of_two, next_power_of_two, pair
 from fastnets.sparse_format import (
-  Padding, SparseKernel, check_conv_inputs, conv_output_geometry, hashable_padding,
+  Padding,
+  SparseKernel,
+  check_conv_inputs,
+  conv_output_geometry,
+  hashable_padding,
   stride_one_problem,
 )
 

@@ -43,6 +43,7 @@ def cuda_lowering_context():
   no device and needs nothing.
   """
   import contextlib  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
 
   abstract_device = getattr(jax.sharding, "AbstractDevice", None)

@@ -11,7 +11,6 @@ from scipy import stats as sps
 
 from fastnets import benchmarking, data, evidence, train
 
-
 # --- statistics -----------------------------------------------------------------------------
 
 

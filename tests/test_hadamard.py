@@ -20,6 +20,7 @@ TRITON_CALL = "__gpu$xla.gpu.triton"
 # The native CPU kernel is compiled on first use: without a C++ compiler its tests are skipped; with
 # one, a failing build fails them (impl="native" raises with the compiler's message).
 from fastnets.kernels import native as _native  # pylint: disable=g-import-not-at-top
+
 needs_cxx = pytest.mark.skipif(not _native.has_compiler(), reason="no C++ compiler")
 NATIVE = pytest.param("native", marks=needs_cxx)
 

@@ -13,8 +13,16 @@ from jax.test_util import check_grads
 
 from fastnets import ops
 from fastnets.ops import numerics
-from fastnets.ops.numerics import (BFLOAT16, FLOAT16, FLOAT32, FP8_E4M3, FP8_E5M2, FP16_WANG,
-                                   FixedPoint, FloatFormat)
+from fastnets.ops.numerics import (
+  BFLOAT16,
+  FLOAT16,
+  FLOAT32,
+  FP8_E4M3,
+  FP8_E5M2,
+  FP16_WANG,
+  FixedPoint,
+  FloatFormat,
+)
 
 PRESETS = [BFLOAT16, FLOAT16, FP8_E4M3, FP8_E5M2, FP16_WANG, FLOAT32]
 NATIVE = [(BFLOAT16, ml_dtypes.bfloat16), (FLOAT16, np.float16), (FP8_E4M3, ml_dtypes.float8_e4m3fn),

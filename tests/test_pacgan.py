@@ -11,15 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastnets import train
 from fastnets.data import synthetic
 from fastnets.models import pacgan as models
 from fastnets.nn.packing import Packed, packed
 from fastnets.ops import gan as gan_ops
 from fastnets.ops import gan_metrics
 from fastnets.ops import packing as P
-from fastnets import train
 from fastnets.train import gan
-
 
 # ----------------------------------------------------------------------------------- packing ---
 

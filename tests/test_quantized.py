@@ -13,7 +13,14 @@ from jax.test_util import check_grads
 
 from fastnets import nn as fnn
 from fastnets import ops
-from fastnets.ops import FLOAT32, FP8_E4M3, FP8_E5M2, FP16_WANG, FixedPoint, FloatFormat, QuantConfig
+from fastnets.ops import (
+  FLOAT32,
+  FP8_E4M3,
+  FP8_E5M2,
+  FP16_WANG,
+  FixedPoint,
+  QuantConfig,
+)
 
 
 def ref_round64(x, fmt):

@@ -18,11 +18,15 @@ import pytest
 from jax.test_util import check_grads
 
 from fastnets.models import revnet as revnet_lib
-from fastnets.nn.reversible import ReversibleStack, RevBlock
+from fastnets.nn.reversible import RevBlock, ReversibleStack
 from fastnets.ops import losses
-from fastnets.ops.reversible import (additive_coupling, additive_coupling_inverse,
-                                     reversible_sequence, reversible_sequence_inverse,
-                                     split_channels)
+from fastnets.ops.reversible import (
+  additive_coupling,
+  additive_coupling_inverse,
+  reversible_sequence,
+  reversible_sequence_inverse,
+  split_channels,
+)
 from tests.conftest import run_python
 
 EPS32 = float(np.finfo(np.float32).eps)

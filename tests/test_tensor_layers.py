@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import opt_einsum
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts

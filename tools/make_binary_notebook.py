@@ -9,7 +9,6 @@ does: `python -m pytest tests/test_notebooks.py -q -k binary`).
 import nbcommon  # tools/nbcommon.py: shared cells and writer
 from nbcommon import code, md, setup_cell
 
-
 cells = [
   md("# Binary and integer-only arithmetic: K-TanH and ABC-Net\n\n"
      "Two ways to replace floating-point arithmetic by bit manipulation:\n\n"

@@ -9,7 +9,6 @@ does: `python -m pytest tests/test_notebooks.py -q -k fastfood`).
 import nbcommon  # tools/nbcommon.py: shared cells and writer
 from nbcommon import code, md, setup_cell
 
-
 cells = [
   md("# Fastfood and Deep Fried Convnets\n\n"
      "Deep Fried Convnets (Yang et al., ICCV 2015) replace the dense fully connected layers of a "

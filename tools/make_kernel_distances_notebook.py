@@ -9,7 +9,6 @@ does: `python -m pytest tests/test_notebooks.py -q -k kernel_distances`).
 import nbcommon  # tools/nbcommon.py: shared cells and writer
 from nbcommon import code, md, setup_cell
 
-
 cells = [
   md("# Closed-form statistics instead of learned critics\n\n"
      "Three techniques replace a learned adversary or a first-order summary with a statistic "

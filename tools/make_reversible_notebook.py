@@ -9,7 +9,6 @@ does: `python -m pytest tests/test_notebooks.py -q -k reversible`).
 import nbcommon  # tools/nbcommon.py: shared cells and writer
 from nbcommon import code, md, setup_cell
 
-
 cells = [
   md("# Reversible residual networks (RevNet)\n\n"
      "A RevNet (Gomez, Ren, Urtasun, Grosse, NeurIPS 2017) splits the channels of every block's "

@@ -9,7 +9,6 @@ does: `python -m pytest tests/test_notebooks.py -q -k sparse`).
 import nbcommon  # tools/nbcommon.py: shared cells and writer
 from nbcommon import code, md, setup_cell
 
-
 cells = [
   md("# Sparse convolution for pruned CNNs (Escort)\n\n"
      "Escort (Chen, 2018) computes the convolutions of a pruned network *directly* from the nonzero "

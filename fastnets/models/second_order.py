@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fastnets.nn.second_order import CovariancePooling, GMSOP
+from fastnets.nn.second_order import GMSOP, CovariancePooling
 
 HEADS = ("gap", "covariance", "gm_sop")
 

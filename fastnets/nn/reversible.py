@@ -23,11 +23,16 @@ If F's or G's `__call__` has a `train` argument it receives the wrapper's `train
 """
 
 import inspect
+
 import flax.linen as nn
 import jax
 
-from fastnets.ops.reversible import (BACKPROP_MODES, reversible_sequence,
-                                     reversible_sequence_inverse, split_channels)
+from fastnets.ops.reversible import (
+  BACKPROP_MODES,
+  reversible_sequence,
+  reversible_sequence_inverse,
+  split_channels,
+)
 
 _NAMES = ("F", "G")
 

@@ -26,8 +26,14 @@ from fastnets.kernels import sparse_conv as kernel
 from fastnets.kernels.sparse_conv import sparse_conv2d_reference
 from fastnets.ops.flops import conv_flops
 from fastnets.sparse_format import (
-  Padding, SparseKernel, check_conv_inputs, conv_output_geometry, hashable_padding,
-  stride_one_problem, to_dense, to_sparse_kernel,
+  Padding,
+  SparseKernel,
+  check_conv_inputs,
+  conv_output_geometry,
+  hashable_padding,
+  stride_one_problem,
+  to_dense,
+  to_sparse_kernel,
 )
 
 __all__ = [

@@ -30,8 +30,16 @@ from fastnets.train import sharding as shd
 from fastnets.train.checkpoint import Checkpointer, check_or_record_run_config
 from fastnets.train.config import REPORTING_FIELDS, TrainConfig
 from fastnets.train.optim import make_optimizer
-from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
-                                  init_key, init_train_state, make_eval_step, make_train_step)
+from fastnets.train.steps import (
+  LossFn,
+  TrainState,
+  classification_loss,
+  empty_metric_sums,
+  init_key,
+  init_train_state,
+  make_eval_step,
+  make_train_step,
+)
 
 Callback = Callable[[int, TrainState], Optional[TrainState]]
 

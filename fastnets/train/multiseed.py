@@ -47,9 +47,16 @@ from fastnets.train import sharding as shd
 from fastnets.train.config import TrainConfig
 from fastnets.train.loop import NonFiniteLossError, TensorBoardWriter, eval_totals
 from fastnets.train.optim import make_optimizer
-from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
-                                  init_key, init_train_state, make_eval_step,
-                                  make_keyed_train_step)
+from fastnets.train.steps import (
+  LossFn,
+  TrainState,
+  classification_loss,
+  empty_metric_sums,
+  init_key,
+  init_train_state,
+  make_eval_step,
+  make_keyed_train_step,
+)
 
 SEED_BATCHING = ("auto", "vmap", "unroll")
 # Options of `fit` that `fit_seeds` refuses, with the reason.
