@@ -113,12 +113,12 @@ cells = [
         "config = {**bt_rnn.QUICK, 'workdir': '', 'models': ['lstm', 'bt_lstm_r4_c2'],\n"
         "          'seeds': [0], 'steps': 300, 'eval_every': 50}\n"
         "if SMOKE:\n"
-        "  config.update(train_sequences=64, val_sequences=40, hidden=16, hidden_factors=[2, 2, 2, 2],\n"
+        "  config.update(train_sequences=64, val_sequences=40, test_sequences=40, hidden=16, hidden_factors=[2, 2, 2, 2],\n"
         "                steps=2, batch_size=16, eval_batch_size=40, log_every=1, eval_every=1)\n"
         "results = bt_rnn.run(config)\n"
         "for name in config['models']:\n"
         "  m = results['metrics'][name]\n"
-        "  print(f\"{name:14s} val accuracy {m['val_accuracy']:.3f} | input-map params \"\n"
+        "  print(f\"{name:14s} test accuracy {m['test_accuracy']:.3f} | input-map params \"\n"
         "        f\"{m['input_params']:,} | total params {m['total_params']:,}\")"),
     code(
         "fig, ax = plt.subplots(figsize=(5, 3.5))\n"
