@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from experiments import common, report
+from fastnets import evidence
 from tests.conftest import REPO
 
 REQUIRED_KEYS = {"experiment", "config", "metrics", "paper", "wall_time_s", "devices",
@@ -28,16 +29,22 @@ def test_experiment_smoke(name, tmp_path):
   assert on_disk["experiment"] == name
   assert as_json(results["metrics"]) == as_json(on_disk["metrics"])
   rows = module.report_rows(results)
-  assert rows and all({"technique", "claim", "paper", "ours", "reproduced"} <= set(r) for r in rows)
+  assert rows
+  for row in rows:  # Every row says its scale, setting and verdict (or is a measurement).
+    evidence.check_row(row)
   for path in (results.get("plots") or {}).values():
     assert os.path.getsize(path) > 1000
 
 
 def test_report_smoke_writes_markdown(tmp_path):
-  out = report.run_all(str(tmp_path), only=["baseline"], smoke=True)
+  out = report.run_all(str(tmp_path), only=["baseline", "bench_rounding"], smoke=True)
   text = open(out["report"]).read()
-  assert "| technique | claim | paper | ours | reproduced |" in text
-  assert "Baseline CNN" in text and not out["failed"]
+  assert "| technique | claim | scale | setting | paper | ours | verdict |" in text
+  assert "## Summary" in text and "Baseline CNN" in text and not out["failed"]
+  assert sum(out["counts"].values()) == len(out["rows"]) and all(
+      r["scale"] == "smoke" for r in out["rows"])
+  doc = report.write_results_doc(out["report"], str(tmp_path / "docs" / "RESULTS.md"), "cmd")
+  assert "_Written by `cmd`" in open(doc).read()
 
 
 def test_report_rejects_unknown_experiment(tmp_path):
