@@ -221,7 +221,8 @@ def conv_output_geometry(
       pads = tuple(pads)
     else:
       raise ValueError(
-        f"padding must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)); got {padding!r}.")
+        "padding must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)); "
+        f"got {padding!r}.")
   elif isinstance(padding, int | np.integer):
     pads = ((int(padding),) * 2,) * 2
   else:
@@ -231,14 +232,16 @@ def conv_output_geometry(
       pads = None
     if pads is None or len(pads) != 2:
       raise ValueError(
-        f"padding must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)); got {padding!r}.")
+        "padding must be 'SAME', 'VALID', an int or ((top, bottom), (left, right)); "
+        f"got {padding!r}.")
   if min(min(p) for p in pads) < 0:
     raise ValueError(f"padding must be non-negative; got {padding!r}.")
   ho = (h + sum(pads[0]) - kh) // sh + 1
   wo = (w + sum(pads[1]) - kw) // sw + 1
   if ho < 1 or wo < 1:
     raise ValueError(
-      f"the {kh}x{kw} kernel does not fit the {h}x{w} input with padding {padding!r}: empty output.")
+      f"the {kh}x{kw} kernel does not fit the {h}x{w} input with padding {padding!r}: "
+      "empty output.")
   return pads, (ho, wo)
 
 
@@ -287,7 +290,8 @@ def check_conv_inputs(x, w, bias, data_format: str = "NHWC", dilation=(1, 1)) ->
   if data_format != "NHWC":
     raise ValueError(f"data_format must be 'NHWC'; got {data_format!r}.")
   if tuple(pair(dilation, "dilation")) != (1, 1):
-    raise ValueError(f"dilation must be (1, 1) (dilated sparse convolution is unsupported); got {dilation!r}.")
+    raise ValueError(
+      f"dilation must be (1, 1) (dilated sparse convolution is unsupported); got {dilation!r}.")
   if not isinstance(w, SparseKernel):
     shape = getattr(w, "shape", None)
     raise TypeError(
@@ -303,7 +307,8 @@ def check_conv_inputs(x, w, bias, data_format: str = "NHWC", dilation=(1, 1)) ->
       f"x has {x.shape[3]} input channels (NHWC, last axis) but w expects {ci} (kernel_shape "
       f"{w.kernel_shape}).")
   if bias is not None and tuple(bias.shape) != (co,):
-    raise ValueError(f"bias must have shape ({co},) (one per output channel); got {tuple(bias.shape)}.")
+    raise ValueError(
+      f"bias must have shape ({co},) (one per output channel); got {tuple(bias.shape)}.")
 
 
 def hashable_padding(padding: Padding):

@@ -265,7 +265,8 @@ def sparse_conv_cost_model(x_shape, w: SparseKernel, strides=(1, 1), padding="SA
     slot = (20.0 + 2.0 * per_thread * spill + 4.0 * sectors / warps) * 1.0
     prog = tile_nnz * slot + 200.0  # (no,) time of one program per o-tile, plus launch/store
     programs = n * nh * nw * no
-    resident = max(1, min(32, max_threads_per_sm // threads, int(65536 // (threads * (32 + per_thread)))))
+    registers = int(65536 // (threads * (32 + per_thread)))
+    resident = max(1, min(32, max_threads_per_sm // threads, registers))
     slots = num_sms * resident
     total = float(prog.sum()) * n * nh * nw
     return max(total / min(slots, programs), float(prog.max()))

@@ -104,8 +104,9 @@ def sparse_conv2d_reference(
   `v[o, k] * xq[i[o, k], y + r[o, k], x + c[o, k]]` over contiguous shifted windows
   (`lax.dynamic_slice` with scalar offsets, which XLA fuses with the multiply-adds into one loop
   per group: no gather, one write of the partial sum per group) and writes the channel once
-  (Escort's direct sparse convolution, Sec. 3). The trip count of the inner loop is `ceil(nnz[o] / slot_group)`, so
-  channels with fewer nonzeros than the padded `max_nnz` do not pay for the padding. Work is
+  (Escort's direct sparse convolution, Sec. 3). The trip count of the inner loop is
+  `ceil(nnz[o] / slot_group)`, so channels with fewer nonzeros than the padded `max_nnz` do not
+  pay for the padding. Work is
   O(N Ho Wo sum_o nnz[o]) plus less than `slot_group` padding slots per channel and tile.
 
   Differentiable with respect to `x`, `w.values` and `bias` (reverse mode) through a
@@ -144,7 +145,8 @@ def sparse_conv2d_reference(
 
 
 # Jitted so that eager calls (notebooks, sparse inference outside jit) compile once per shape.
-@functools.partial(jax.jit, static_argnames=("strides", "padding", "relu", "row_tile", "slot_group"))
+@functools.partial(jax.jit,
+                   static_argnames=("strides", "padding", "relu", "row_tile", "slot_group"))
 def _reference_jit(x, w, bias, *, strides, padding, relu, row_tile, slot_group):
   return _direct(x, w, bias, (strides, padding, relu, row_tile, slot_group))
 
@@ -298,7 +300,8 @@ class SparseConvConfig:
       if not isinstance(v, int) or not is_power_of_two(v):
         raise ValueError(f"SparseConvConfig.{f} must be a positive power of 2; got {v!r}.")
     if not isinstance(self.num_stages, int) or self.num_stages < 1:
-      raise ValueError(f"SparseConvConfig.num_stages must be a positive int; got {self.num_stages!r}.")
+      raise ValueError(
+        f"SparseConvConfig.num_stages must be a positive int; got {self.num_stages!r}.")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -371,7 +374,8 @@ def _forward(x, values, rows, cols, chans, nnz, bias, static, poison: bool = Fal
   plane = cq * hx * wx
   if n * plane >= 2**31:
     raise ValueError(
-      f"x is too large for the kernel's int32 offsets ({n} x {plane} padded elements); split the batch.")
+      f"x is too large for the kernel's int32 offsets ({n} x {plane} padded elements); "
+      "split the batch.")
   xq = jnp.pad(xq, ((0, 0), (0, hx - hq), (0, wx - wq), (0, 0)))
   x_flat = xq.transpose(0, 3, 1, 2).reshape(-1)  # channel-first, flat
   valid = w.valid

@@ -88,7 +88,8 @@ def _broadcast(v, n):
 def _sparse_conv_call(module: nn.Conv, inputs, w: _sc.SparseKernel, impl, config, interpret):
   """nn.Conv.__call__ with a SparseKernel, mirroring flax.linen.linear._Conv.__call__."""
   name = "/".join(module.scope.path) if module.scope is not None else type(module).__name__
-  kernel_size = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
+  kernel_size = ((module.kernel_size,) if isinstance(module.kernel_size, int)
+                 else tuple(module.kernel_size))
   problems = []
   if len(kernel_size) != 2:
     problems.append(f"{len(kernel_size)}-D kernel")

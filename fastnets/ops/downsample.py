@@ -9,8 +9,9 @@ gradient of such a "downsampled" step reaches the full-size kernels. With a 2x s
 The functions here are pure: `pool_input` (NHWC average pooling by an integer factor),
 `pool_kernel` (HWIO kernel averaging to a target size with a stride-1 window), `pooled_size`
 (the default target: about half the kernel), `kernel_pooling_matrix` (the explicit linear map, the
-test oracle). FLOP counting lives in `fastnets.ops.flops`. The Flax side (running any model with pooled kernels) is
-`fastnets.nn.downsample`; the training-loop option is `fastnets.train.downsampling`.
+test oracle). FLOP counting lives in `fastnets.ops.flops`. The Flax side (running any model with
+pooled kernels) is `fastnets.nn.downsample`; the training-loop option is
+`fastnets.train.downsampling`.
 """
 
 from typing import Sequence, Union

@@ -5,10 +5,10 @@ ICML 2013) replaces a dense Gaussian matrix `W (n, d)` by stacked blocks
 
     V_j = (1 / (sigma sqrt(d))) S_j H G_j Pi_j H B_j,     j = 1 .. n/d,
 
-with `H` the (unnormalised) d x d Walsh-Hadamard matrix, `B_j` a random +-1 diagonal, `Pi_j` a random
-permutation, `G_j` a Gaussian diagonal and `S_j` a diagonal that gives each row the length of a
-Gaussian row: `S_ii = s_i / ||G_j||_F` with `s_i` chi-distributed with d degrees of freedom. Storage
-is O(n) and a product `V x` costs O(n log d) instead of O(n d). Deep Fried Convnets (Yang,
+with `H` the (unnormalised) d x d Walsh-Hadamard matrix, `B_j` a random +-1 diagonal, `Pi_j` a
+random permutation, `G_j` a Gaussian diagonal and `S_j` a diagonal that gives each row the length
+of a Gaussian row: `S_ii = s_i / ||G_j||_F` with `s_i` chi-distributed with d degrees of freedom.
+Storage is O(n) and a product `V x` costs O(n log d) instead of O(n d). Deep Fried Convnets (Yang,
 Moczulski, Denil, de Freitas, Smola, Song & Wang, ICCV 2015, Sec. 3) learn S, G and B by
 backpropagation ("adaptive Fastfood") and use `V x` in place of fully connected layers.
 
@@ -220,7 +220,8 @@ def fastfood_transform(x: jax.Array, S: jax.Array, G: jax.Array, B: jax.Array, p
     if not jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating):
       raise TypeError(f"fastfood_transform: {name} must be floating, got {jnp.asarray(a).dtype}")
   if not jnp.issubdtype(jnp.asarray(perm).dtype, jnp.integer):
-    raise TypeError(f"fastfood_transform: perm must be an integer array, got {jnp.asarray(perm).dtype}")
+    raise TypeError(
+        f"fastfood_transform: perm must be an integer array, got {jnp.asarray(perm).dtype}")
   S, G, B, perm = (jnp.asarray(a) for a in (S, G, B, perm))
   if S.ndim != 2 or not (S.shape == G.shape == B.shape == perm.shape):
     raise ValueError(

@@ -6,30 +6,21 @@ The Walsh-Hadamard matrix in Sylvester (natural) order is `H_1 = [1]`,
 Fastfood transform `V = S H G Pi H B` (Le, Sarlos & Smola, ICML 2013; Yang et al., "Deep Fried
 Convnets", ICCV 2015, Sec. 3), see `fastnets.ops.fastfood`.
 
-XLA path (the CPU path and the test oracle of the Pallas kernel). Sylvester order makes `H_n` a
-Kronecker product, `H_n = H_f1 (x) H_f2 (x) ... (x) H_fk` for `n = f1 f2 ... fk`, so the transform of
-a length-n axis reshaped to `(f1, ..., fk)` is a small dense `H_fi` applied (one `tensordot`, i.e. a
-matmul) along each factor axis. With factors of at most 64 this is `k = ceil(log2(n) / 6)` passes
-over memory instead of the `log2(n)` passes of a radix-2 butterfly, and each pass is a well-tuned
-matmul. The extra arithmetic (`n * sum(f_i)` multiply-adds per row instead of `n log2 n` adds) is
-cheaper than memory traffic on a CPU. For large inputs the leading (batch) dimension is processed in
-chunks of about 2^20 elements with `lax.map` so that all passes over a chunk stay in cache.
-Measured on this project's 2-core CPU, batch 256, float32 (medians; noisy shared machine), this
-choice was the fastest of the variants tried (radix-2 butterfly; Kronecker with radix 8..128,
-contracting in place or rotating the axes; with and without chunking): about 2-4x FFHT's AVX C code,
-against 6-9x for the butterfly. See `experiments/bench_fastfood.py` for the numbers of a run.
+Three implementations, chosen by `impl=` (`choose_fwht_impl` tells which one "auto" runs):
 
-Native CPU path (the default on CPUs): `fastnets.kernels.native`, a SIMD radix-8 C++ kernel called
-as an XLA FFI custom call, compiled with the machine's C++ compiler on first use (about 3 s, cached).
-It makes one pass over memory per three butterfly levels, with the three smallest strides inside a
-register, and spreads rows over XLA's CPU thread pool. On this project's 2-core CPU, batch 256,
-quiet machine, it took 0.59-0.68x FFHT's time on one thread at n = 2^10 .. 2^14, and 43x less time
-than the dense matmul at n = 4096 (`python -m experiments.bench_fastfood --quick`). Without a
-compiler, `impl="auto"` falls back to the XLA path with a warning.
-
-Pallas path: `fastnets.kernels.hadamard` (Triton backend), for GPUs; see there. `fwht` checks its
-arguments, picks the implementation (`choose_fwht_impl`) and dispatches; the XLA and native paths
-share the custom VJP below, the Pallas kernel carries its own.
+* XLA (any backend): Sylvester order makes `H_n` a Kronecker product
+  `H_f1 (x) H_f2 (x) ... (x) H_fk` for `n = f1 f2 ... fk`, so the transform of a length-n axis
+  viewed as `(f1, ..., fk)` is a small dense `H_fi` applied (one matmul) along each factor axis.
+  With factors of at most 64 this makes `ceil(log2(n) / 6)` passes over memory instead of the
+  `log2(n)` passes of a radix-2 butterfly; the extra multiply-adds cost less than memory traffic
+  on a CPU. Large inputs are processed in chunks of about 2^20 elements (`lax.map`) so that all
+  passes over a chunk stay in cache. `experiments/bench_fastfood.py` times it.
+* native (the default on CPUs): `fastnets.kernels.native`, a SIMD radix-8 C++ kernel called as an
+  XLA FFI custom call and built with the machine's C++ compiler on first use; one pass over memory
+  per three butterfly levels, rows spread over XLA's CPU thread pool. Without a compiler
+  `impl="auto"` falls back to the XLA path with a warning.
+* Pallas (GPUs): `fastnets.kernels.hadamard` (Triton backend), with its own custom VJP; the XLA and
+  native paths share the custom VJP below.
 """
 
 from __future__ import annotations
@@ -235,8 +226,8 @@ def _fwht(x, axis, normalize, impl):
 
 
 # custom_vjp: the transform is linear and H is symmetric, so the VJP of y = H x is g -> H g (with
-# the same scaling). Nothing is saved for the backward pass (no residuals) and nothing of the forward
-# is recomputed: the backward is one more forward transform of the cotangent (autodiff of the XLA
+# the same scaling). Nothing is saved for the backward pass and nothing of the forward is
+# recomputed: the backward is one more forward transform of the cotangent (autodiff of the XLA
 # path would transpose each matmul and reshape instead of reusing them).
 def _fwht_fwd(x, axis, normalize, impl):
   return _fwht(x, axis, normalize, impl), None

@@ -9,12 +9,14 @@ def _check_logits_labels(logits: jax.Array, labels: jax.Array) -> None:
     raise ValueError(f"logits must have shape (batch, classes), got shape {logits.shape}.")
   if labels.shape != logits.shape[:1]:
     raise ValueError(
-        f"labels must have shape (batch,) = {logits.shape[:1]} matching logits, got {labels.shape}.")
+        f"labels must have shape (batch,) = {logits.shape[:1]} matching logits, "
+        f"got {labels.shape}.")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"labels must be integer class ids, got dtype {labels.dtype}.")
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
+                       label_smoothing: float = 0.0) -> jax.Array:
   """Mean softmax cross-entropy.
 
   Args:

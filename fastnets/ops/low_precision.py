@@ -1,4 +1,4 @@
-"""Low-precision training pieces: chunk-based accumulation, quantised matmul/conv, optimizer wrapper.
+"""Low-precision training: chunk-based accumulation, quantised matmul/conv, optimizer wrapper.
 
 Papers:
   * Wang, Choi, Brand, Chen, Gopalakrishnan, "Training Deep Neural Networks with 8-bit Floating
@@ -57,7 +57,8 @@ def _compute_dtype(*arrays: jax.Array):
   return jnp.float64 if any(a.dtype == jnp.float64 for a in arrays) else jnp.float32
 
 
-def _chunked_matmul_impl(a: jax.Array, b: jax.Array, acc_fmt: Format, chunk: int | None) -> jax.Array:
+def _chunked_matmul_impl(a: jax.Array, b: jax.Array, acc_fmt: Format,
+                         chunk: int | None) -> jax.Array:
   """(M, K) @ (K, N) with every product and every addition rounded to acc_fmt (nearest-even)."""
   m, k = a.shape
   n = b.shape[1]
@@ -298,11 +299,13 @@ class QuantConfig:
     for name in ("weights", "activations", "gradients", "accumulation"):
       value = getattr(self, name)
       if value is not None and not isinstance(value, (FixedPoint, FloatFormat)):
-        raise TypeError(f"QuantConfig.{name} must be a FixedPoint, FloatFormat or None, got {value!r}.")
+        raise TypeError(
+            f"QuantConfig.{name} must be a FixedPoint, FloatFormat or None, got {value!r}.")
     for name, choices in (("mode", numerics.ROUNDING_MODES), ("grad_mode", numerics.ROUNDING_MODES),
                           ("rng", numerics.RNG_SOURCES)):
       if getattr(self, name) not in choices:
-        raise ValueError(f"QuantConfig.{name} must be one of {choices}, got {getattr(self, name)!r}.")
+        raise ValueError(
+            f"QuantConfig.{name} must be one of {choices}, got {getattr(self, name)!r}.")
     _check_acc(self.accumulation, self.chunk, "QuantConfig")
 
   @property
@@ -358,7 +361,8 @@ def quantized_dot_general(config: QuantConfig, key: jax.Array | None = None):
       y = lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                           preferred_element_type=preferred_element_type, **kw)
     else:
-      y = chunked_dot_general(lhs, rhs, dimension_numbers, preferred_element_type=preferred_element_type,
+      y = chunked_dot_general(lhs, rhs, dimension_numbers,
+                              preferred_element_type=preferred_element_type,
                               acc_fmt=config.accumulation, chunk=config.chunk)
     key4 = keys[4] if config.grad_mode == "stochastic" else None
     return numerics.quantize_grad(y, config.gradients, config.grad_mode, key4, rng=config.rng)
@@ -383,7 +387,8 @@ def quantized_conv_general_dilated(config: QuantConfig, key: jax.Array | None = 
     if config.accumulation is None:
       y = lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                    dimension_numbers, feature_group_count, batch_group_count,
-                                   precision=precision, preferred_element_type=preferred_element_type)
+                                   precision=precision,
+                                   preferred_element_type=preferred_element_type)
     else:
       y = chunked_conv_general_dilated(
           lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

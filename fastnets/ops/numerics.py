@@ -9,7 +9,8 @@ Papers:
 Formats are frozen dataclasses (hashable, usable as static arguments of `jax.jit`):
 
   * `FixedPoint(integer_bits, fraction_bits)`: a signed two's-complement word of
-    `integer_bits + fraction_bits` bits (the sign bit counts as an integer bit, as Gupta's <IL, FL>);
+    `integer_bits + fraction_bits` bits (the sign bit counts as an integer bit, as in Gupta's
+    <IL, FL>);
     values k * 2^-FL for integers k in [-2^(W-1), 2^(W-1) - 1]. Out-of-range values saturate.
   * `FloatFormat(exponent_bits, mantissa_bits, ...)`: a binary float with 1 sign bit; presets
     `BFLOAT16`, `FLOAT16`, `FP8_E4M3` (float8_e4m3fn), `FP8_E5M2` (Wang's 1-5-2), `FP16_WANG`
@@ -197,14 +198,16 @@ class FloatFormat:
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise TypeError(f"FloatFormat.{name} must be a bool, got {getattr(self, name)!r}.")
     if self.overflow not in _OVERFLOW_MODES:
-      raise ValueError(f"FloatFormat.overflow must be one of {_OVERFLOW_MODES}, got {self.overflow!r}.")
+      raise ValueError(
+          f"FloatFormat.overflow must be one of {_OVERFLOW_MODES}, got {self.overflow!r}.")
     if not self.has_inf and self.mantissa_bits == 0:
       raise ValueError("FloatFormat with has_inf=False needs mantissa_bits >= 1 (the all-ones "
                        "mantissa of the top exponent is NaN).")
     if self.max_value > _FLOAT32_MAX:
       raise ValueError(
           f"FloatFormat {self} cannot be represented in float32: its largest value "
-          f"{self.max_value:.6g} exceeds float32's {_FLOAT32_MAX:.6g} (lower exponent_bits or raise bias).")
+          f"{self.max_value:.6g} exceeds float32's {_FLOAT32_MAX:.6g} (lower exponent_bits or "
+          "raise bias).")
     if self.smallest_step < 2.0 ** -149:
       raise ValueError(
           f"FloatFormat {self} cannot be represented in float32: its smallest positive value "
@@ -248,8 +251,9 @@ class FloatFormat:
     for dtype in _NATIVE_DTYPES:
       info = ml_dtypes.finfo(dtype)
       if (info.nmant == self.mantissa_bits and info.nexp == self.exponent_bits
-          and float(info.max) == self.max_value and float(info.smallest_normal) == self.smallest_normal
-          and self.subnormals and np.isinf(np.array(np.inf, np.float32).astype(dtype)) == self.has_inf):
+          and float(info.max) == self.max_value
+          and float(info.smallest_normal) == self.smallest_normal and self.subnormals
+          and np.isinf(np.array(np.inf, np.float32).astype(dtype)) == self.has_inf):
         return np.dtype(dtype)
     return None
 
@@ -291,7 +295,8 @@ _INPUT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
 
 def _check_format(fmt: Any, name: str = "fmt") -> None:
   if not isinstance(fmt, (FixedPoint, FloatFormat)):
-    raise TypeError(f"{name} must be a FixedPoint or FloatFormat, got {type(fmt).__name__} {fmt!r}.")
+    raise TypeError(
+        f"{name} must be a FixedPoint or FloatFormat, got {type(fmt).__name__} {fmt!r}.")
 
 
 def _check_input(x: Any, fn: str) -> jax.Array:
@@ -456,7 +461,8 @@ def _random_bits(key: jax.Array, shape: tuple[int, ...], c: _Container, rng: str
   h = _hash_bits32(s0, s1, shape)
   if c.nbits == 32:
     return h
-  h2 = _hash_bits32(_fmix32(s0 ^ jnp.uint32(0x3C6EF372)), _fmix32(s1 ^ jnp.uint32(0xA54FF53A)), shape)
+  h2 = _hash_bits32(_fmix32(s0 ^ jnp.uint32(0x3C6EF372)), _fmix32(s1 ^ jnp.uint32(0xA54FF53A)),
+                    shape)
   return (h.astype(jnp.uint64) << jnp.uint64(32)) | h2.astype(jnp.uint64)
 
 

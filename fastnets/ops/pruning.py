@@ -4,8 +4,8 @@ Pruned (sparse) networks are the input of direct sparse convolution (Escort; Che
 models are magnitude-pruned to 80-95% sparsity). This module provides:
 
 * `magnitude_mask` / `magnitude_masks` / `magnitude_prune`: keep the largest-|w| weights, per layer
-  or globally over all prunable leaves, pruning exactly `round(sparsity * size)` weights (ties broken
-  by position, so the count is exact even with repeated magnitudes).
+  or globally over all prunable leaves, pruning exactly `round(sparsity * size)` weights (ties
+  broken by position, so the count is exact even with repeated magnitudes).
 * `ZhuGuptaSchedule`: the gradual schedule of Zhu & Gupta (2017), "To prune, or not to prune",
   Eq. (1): `s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (n dt))^3` for `t = t_0, t_0 + dt, ...,
   t_0 + n dt`.
@@ -244,7 +244,8 @@ class ZhuGuptaSchedule:
     _check_sparsity(self.initial_sparsity, "initial_sparsity")
     if self.begin_step < 0 or self.end_step < self.begin_step:
       raise ValueError(
-        f"need 0 <= begin_step <= end_step; got begin_step={self.begin_step}, end_step={self.end_step}.")
+        f"need 0 <= begin_step <= end_step; got begin_step={self.begin_step}, "
+        f"end_step={self.end_step}.")
     if self.frequency < 1:
       raise ValueError(f"frequency must be a positive int; got {self.frequency}.")
 
@@ -382,7 +383,7 @@ def gradual_magnitude_pruning(
 
 
 def pruning_masks(opt_state) -> PyTree | None:
-  """The masks held by the first `MaskedUpdatesState` / `GradualPruningState` in an optimizer state."""
+  """The masks of the first `MaskedUpdatesState` / `GradualPruningState` in an optimizer state."""
   if isinstance(opt_state, MaskedUpdatesState | GradualPruningState):
     return opt_state.masks
   if isinstance(opt_state, tuple | list):

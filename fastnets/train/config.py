@@ -1,4 +1,4 @@
-"""The training configuration: one frozen dataclass, variants are `dataclasses.replace` overrides."""
+"""The training configuration: one frozen dataclass; variants are `dataclasses.replace`d."""
 
 import dataclasses
 from typing import Optional
