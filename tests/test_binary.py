@@ -236,8 +236,9 @@ def test_layers_packed_equal_float_evaluation():
   # The training-time evaluation (combined activations and weights) differs by rounding only.
   single = fnn.ABCConv(4, (3, 3), weight_bases=2, activation_bases=2)
   v1 = jax.jit(single.init)(jax.random.key(2), x)
+  packed1 = fnn.pack_binary_variables(v1, 2)
   np.testing.assert_allclose(jax.jit(single.apply)(v1, x),
-                             fnn.binary_apply(single, fnn.pack_binary_variables(v1, 2), x),
+                             jax.jit(lambda v, x: fnn.binary_apply(single, v, x))(packed1, x),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -322,19 +323,24 @@ def test_bad_input():
   v = jax.jit(net.init)(jax.random.key(1), x)
   with pytest.raises(ValueError, match="'Dense_0' is not binary"):
     fnn.pack_binary_variables(v, 3, layers=[("Dense_0",)])
+  # Model-level errors are raised while tracing: jit them so that nothing runs op by op.
+  apply = lambda variables, x, impl="packed": jax.jit(
+      lambda v, x: fnn.binary_apply(net, v, x, impl=impl))(variables, x)
   with pytest.raises(ValueError, match="no packed binary layer"):
-    fnn.binary_apply(net, v, x)
+    apply(v, x)
   bases = {"ABCConv_0": 3, "ABCConv_1": 2, "ABCDense_0": 3}
   packed = fnn.pack_binary_variables(v, bases)
   with pytest.raises(ValueError, match="fan-in"):
-    fnn.binary_apply(net, packed, jnp.ones((2, 9, 9, 4)))
+    apply(packed, jnp.ones((2, 9, 9, 4)))
   wrong = fnn.pack_binary_variables(v, {**bases, "ABCDense_0": 2})
   with pytest.raises(ValueError, match="weight_bases=3"):
-    fnn.binary_apply(net, wrong, x)
+    apply(wrong, x)
   with pytest.raises(ValueError, match="impl must be"):
-    fnn.binary_apply(net, packed, x, impl="fast")
+    apply(packed, x, "fast")
+  with pytest.raises(ValueError, match="is packed"):
+    apply(packed, x, "float")
   # A packed kernel smuggled into a layer that is not binary.
   smuggled = {**v, "params": {**v["params"], "Dense_0": {
       **v["params"]["Dense_0"], "kernel": packed["params"]["ABCDense_0"]["kernel"]}}}
   with pytest.raises(ValueError, match="not binary"):
-    fnn.binary_apply(net, smuggled, x)
+    apply(smuggled, x)
