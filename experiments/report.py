@@ -155,11 +155,28 @@ def write_results_doc(report_path: str, doc_path: str, command: str) -> str:
   return doc_path
 
 
-def run_all(workdir: str, only=None, smoke: bool = False) -> dict:
+def reusable_results(path: str, config: dict):
+  """The results.json at `path` when it was written for the same `config` (every key of `config`
+  recorded with the same value; keys an experiment adds itself are ignored), else None."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  recorded = results.get("config") or {}
+  norm = lambda v: json.dumps(v, sort_keys=True, default=str)
+  same = all(k in recorded and norm(recorded[k]) == norm(v) for k, v in config.items())
+  return results if same and "error" not in results else None
+
+
+def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False) -> dict:
   """Runs the experiments (quick or smoke settings) and writes workdir/report.md and report.json.
 
+  With `reuse`, an experiment whose workdir already holds a results.json of exactly the same
+  configuration is not rerun: its results are read back, and its section says so with the date
+  they were written (timings then come from that earlier run).
+
   Returns {"report": path, "results": {name: results or {"error": ...}}, "failed": [names],
-  "rows": [...], "counts": summary counts}.
+  "rows": [...], "counts": summary counts, "reused": [names]}.
   """
   names = list(only) if only else list(EXPERIMENTS)
   unknown = sorted(set(names) - set(EXPERIMENTS))
@@ -167,7 +184,7 @@ def run_all(workdir: str, only=None, smoke: bool = False) -> dict:
     raise ValueError(f"unknown experiments {unknown}; known: {EXPERIMENTS}.")
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
-  all_results, rows, sections, failed = {}, [], [], []
+  all_results, rows, sections, failed, reused = {}, [], [], [], []
   done_expected = 0.0
   for index, name in enumerate(names):
     module = importlib.import_module(f"experiments.{name}")
@@ -177,7 +194,15 @@ def run_all(workdir: str, only=None, smoke: bool = False) -> dict:
     print(progress_line(index, names, time.time() - start, done_expected), flush=True)
     t0 = time.time()
     try:
-      results = module.run(config)
+      # The config as results.json records it (write_results stores the merged config).
+      previous = (reusable_results(os.path.join(workdir, name, "results.json"),
+                                   common.merge_config(module.DEFAULTS, config))
+                  if reuse else None)
+      if previous is not None:
+        reused.append(name)
+        results = previous
+      else:
+        results = module.run(config)
       all_results[name] = results
       rows.extend(checked_rows(name, module.report_rows(results), smoke))
     except Exception as e:  # The report records the failure and goes on with the others.
@@ -186,8 +211,11 @@ def run_all(workdir: str, only=None, smoke: bool = False) -> dict:
       rows.append(dict(_failure_row(name, e, smoke), experiment=name))
       traceback.print_exc()
     done_expected += EXPECTED_S.get(name, DEFAULT_EXPECTED_S)
+    took = (f"reused: results written {all_results[name].get('date')} in "
+            f"{all_results[name].get('wall_time_s', 0):.0f} s" if name in reused
+            else f"{time.time() - t0:.0f} s here")
     section = [f"### {name}", "", f"`python -m experiments.{name} --workdir=DIR --quick` "
-               f"({time.time() - t0:.0f} s here). Results: `{name}/results.json`.", ""]
+               f"({took}). Results: `{name}/results.json`.", ""]
     for label, path in (all_results[name].get("plots") or {}).items():
       section.append(f"![{label}]({os.path.relpath(path, workdir)})")
     sections.append("\n".join(section))
@@ -202,6 +230,9 @@ def run_all(workdir: str, only=None, smoke: bool = False) -> dict:
       "for tuning); tuning, where an experiment tunes, scored on the validation split only and "
       "is recorded in its results.json under `tuning`. Timing rows are same-run ratios of "
       "interleaved measurements (medians after warm-up).", ""]
+  if reused:
+    header += [f"Reused from earlier runs of the same configuration (`--reuse`): "
+               f"{', '.join(reused)}.", ""]
   text = render(rows, sections, header)
   path = os.path.join(workdir, "report.md")
   with open(path + ".tmp", "w") as f:
@@ -209,11 +240,11 @@ def run_all(workdir: str, only=None, smoke: bool = False) -> dict:
   os.replace(path + ".tmp", path)
   counts = evidence.summary_counts(rows)
   with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump({"rows": rows, "failed": failed, "counts": counts,
+    json.dump({"rows": rows, "failed": failed, "counts": counts, "reused": reused,
                "wall_time_s": time.time() - start}, f, indent=2, default=str)
   print(f"wrote {path} ({_minutes(time.time() - start)} in all)", flush=True)
   return {"report": path, "results": all_results, "failed": failed, "rows": rows,
-          "counts": counts}
+          "counts": counts, "reused": reused}
 
 
 def main(argv):
@@ -221,7 +252,7 @@ def main(argv):
   from absl import flags, logging
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  out = run_all(flags.FLAGS.workdir, flags.FLAGS.only, flags.FLAGS.smoke)
+  out = run_all(flags.FLAGS.workdir, flags.FLAGS.only, flags.FLAGS.smoke, flags.FLAGS.reuse)
   if flags.FLAGS.results_doc:
     command = "python -m experiments.report --workdir=runs/report " \
               f"--results_doc={flags.FLAGS.results_doc}"
@@ -236,6 +267,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", "runs/report", "where report.md and each experiment's files go")
   flags.DEFINE_list("only", [], f"run only these experiments (of {', '.join(EXPERIMENTS)})")
   flags.DEFINE_bool("smoke", False, "tiny settings (for tests): numbers are meaningless")
+  flags.DEFINE_bool("reuse", False, "do not rerun an experiment whose workdir holds results of "
+                    "exactly the same configuration; the report says which were reused")
   flags.DEFINE_string("results_doc", "", "also write the report to this path (docs/RESULTS.md), "
                       "with its plots copied into results/ beside it")
   app.run(main)

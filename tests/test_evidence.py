@@ -235,8 +235,8 @@ def test_tuning_records_divergence_and_rejects_eval_seeds():
 
 
 def test_tune_arms_gives_every_arm_the_same_budget():
-  records = train.tune_arms({"dense": lambda v, d, s: v["lr"], "fastfood": lambda v, d, s: -v["lr"]},
-                            {"lr": [1.0, 2.0]}, None, verbose=False)
+  arms = {"dense": lambda v, d, s: v["lr"], "fastfood": lambda v, d, s: -v["lr"]}
+  records = train.tune_arms(arms, {"lr": [1.0, 2.0]}, None, verbose=False)
   assert records["dense"]["budget"] == records["fastfood"]["budget"]
   assert records["dense"]["chosen"] == {"lr": 2.0} and records["fastfood"]["chosen"] == {"lr": 1.0}
 
@@ -252,3 +252,15 @@ def test_idx_directory_test_files_and_too_small(tmp_path):
   assert (len(ds.train), len(ds.validation), len(ds.test)) == (45, 5, 20)
   with pytest.raises(data.DatasetError, match="too few"):
     data.carve_validation(1, 0.1, 0, "tiny")
+
+
+def test_report_reuses_only_results_of_the_same_config(tmp_path):
+  import json as _json
+
+  from experiments import report
+  path = tmp_path / "results.json"
+  assert report.reusable_results(str(path), {"a": 1}) is None
+  path.write_text(_json.dumps({"config": {"a": 1, "b": [1, 2], "extra": True}, "metrics": {}}))
+  assert report.reusable_results(str(path), {"a": 1, "b": (1, 2)}) is not None
+  assert report.reusable_results(str(path), {"a": 2, "b": [1, 2]}) is None
+  assert report.reusable_results(str(path), {"a": 1, "c": 0}) is None
