@@ -259,7 +259,8 @@ f = jax.jit(lambda v: ops.fwht(v, axis=-1, impl="native"))
 y = f(x)
 assert y.sharding.spec == P("data"), y.sharding
 assert "all-gather" not in f.lower(x).compile().as_text()
-np.testing.assert_allclose(np.asarray(y), np.asarray(ops.fwht(xn, impl="xla")), rtol=1e-5, atol=1e-4)
+np.testing.assert_allclose(np.asarray(y), np.asarray(ops.fwht(xn, impl="xla")),
+                           rtol=1e-5, atol=1e-4)
 g = jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(ops.fwht(v, axis=1, impl="native")))))(x)
 assert g.sharding.spec == P("data"), g.sharding
 print("ok")
@@ -340,7 +341,7 @@ def test_padding_helpers():
   assert p.shape == (2, 4)
   np.testing.assert_array_equal(np.asarray(p[:, :3]), np.asarray(x))
   assert float(jnp.abs(p[:, 3]).sum()) == 0
-  assert ops.pad_to_power_of_two(x, axis=0) is x or ops.pad_to_power_of_two(x, axis=0).shape == (2, 3)
+  assert ops.pad_to_power_of_two(x, axis=0) is x
   assert ops.fwht(ops.pad_to_power_of_two(jnp.ones((2, 5)))).shape == (2, 8)
   with pytest.raises(ValueError, match="axis"):
     ops.pad_to_power_of_two(x, axis=3)

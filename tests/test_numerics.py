@@ -1,4 +1,7 @@
-"""Tests of fastnets.ops.numerics: formats, round-to-nearest, stochastic rounding (Gupta 2015, Wang 2018)."""
+"""Tests of fastnets.ops.numerics: formats, round-to-nearest, stochastic rounding.
+
+Gupta et al. 2015 (fixed point, stochastic rounding); Wang et al. 2018 (FP8, FP16 formats).
+"""
 
 import dataclasses
 
@@ -25,12 +28,13 @@ from fastnets.ops.numerics import (
 )
 
 PRESETS = [BFLOAT16, FLOAT16, FP8_E4M3, FP8_E5M2, FP16_WANG, FLOAT32]
-NATIVE = [(BFLOAT16, ml_dtypes.bfloat16), (FLOAT16, np.float16), (FP8_E4M3, ml_dtypes.float8_e4m3fn),
-          (FP8_E5M2, ml_dtypes.float8_e5m2), (FLOAT32, np.float32)]
+NATIVE = [(BFLOAT16, ml_dtypes.bfloat16), (FLOAT16, np.float16),
+          (FP8_E4M3, ml_dtypes.float8_e4m3fn), (FP8_E5M2, ml_dtypes.float8_e5m2),
+          (FLOAT32, np.float32)]
 CUSTOM = [FloatFormat(5, 10, subnormals=False), FloatFormat(4, 3, overflow="saturate"),
           FloatFormat(6, 9, bias=40), FloatFormat(3, 1), FloatFormat(5, 2, has_inf=False)]
-FIXED = [FixedPoint(2, 14), FixedPoint(6, 10), FixedPoint(8, 8), FixedPoint(1, 0), FixedPoint(16, 16),
-         FixedPoint(4, 28)]
+FIXED = [FixedPoint(2, 14), FixedPoint(6, 10), FixedPoint(8, 8), FixedPoint(1, 0),
+         FixedPoint(16, 16), FixedPoint(4, 28)]
 ALL = PRESETS + CUSTOM + FIXED
 
 
@@ -85,8 +89,8 @@ def probe_values(n=20000, seed=0):
   mags = np.exp2(rng.uniform(-152, 129, n)) * rng.choice([-1, 1], n)
   special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 2.0 ** -149 * 3, 2.0 ** -126,
              448, 464, 470, 480, 65504, 65519, 65520, 57344, 61439, 61440, 3.3e38, 1.0 + 2 ** -8,
-             1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 2.0 - 2 ** -14, 2.0, -2.0, 1.99997, 2 ** -24, 2 ** -25,
-             3 * 2 ** -26, 0.5 ** 14 * 1.5, 0.00048828125, 0.0009765625 * 0.75]
+             1.0 + 2 ** -11, 1.0 + 3 * 2 ** -11, 2.0 - 2 ** -14, 2.0, -2.0, 1.99997, 2 ** -24,
+             2 ** -25, 3 * 2 ** -26, 0.5 ** 14 * 1.5, 0.00048828125, 0.0009765625 * 0.75]
   uniform = rng.uniform(-4, 4, n // 4)
   # 2^j * (1 + i/16): exact ties and grid points of every low-precision format at every exponent
   ties = (np.exp2(np.arange(-149, 128))[:, None] * (1 + np.arange(16) / 16)[None]).ravel()
@@ -124,7 +128,8 @@ def test_round_nearest_equals_float64_reference(fmt):
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
 @pytest.mark.parametrize("fmt", [FP8_E5M2, FP8_E4M3, FixedPoint(4, 8), FLOAT16, BFLOAT16,
-                                 FloatFormat(5, 10, overflow="saturate"), FixedPoint(20, 4)], ids=str)
+                                 FloatFormat(5, 10, overflow="saturate"), FixedPoint(20, 4)],
+                         ids=str)
 def test_half_inputs_exhaustive(dtype, fmt):
   """Every bfloat16 / float16 bit pattern: result keeps x's dtype and equals the reference, with
   the documented clamp at the largest value representable in both fmt and x's dtype."""
@@ -143,7 +148,8 @@ def test_half_inputs_exhaustive(dtype, fmt):
   else:
     fill = bound
   lo = -bound if isinstance(fmt, FloatFormat) else max(fmt.min_value, -finite.max())
-  want = np.where(over & (want > 0), fill, np.where(over & (want < 0), -fill if fill == bound else -fill, want))
+  want = np.where(over & (want > 0), fill,
+                  np.where(over & (want < 0), -fill if fill == bound else -fill, want))
   want = np.where(over & (want < 0) & (fill == bound), lo, want)
   ok = same_bits(got.astype(np.float64), want)
   assert ok.all(), (x64[~ok][:5], got[~ok][:5], want[~ok][:5])
@@ -153,7 +159,8 @@ def test_float16_input_bfloat16_format_saturates_at_common_max():
   x = jnp.asarray([65504.0, -65504.0], jnp.float16)
   sat = dataclasses.replace(BFLOAT16, overflow="saturate")
   np.testing.assert_array_equal(np.asarray(ops.round_nearest(x, sat), np.float32), [65280, -65280])
-  assert np.isinf(np.asarray(ops.round_nearest(x, BFLOAT16), np.float32)).all()  # 65536 overflows f16
+  # 65536 overflows float16.
+  assert np.isinf(np.asarray(ops.round_nearest(x, BFLOAT16), np.float32)).all()
 
 
 def test_float64_input_matches_reference():
@@ -227,7 +234,8 @@ def test_wang_weight_update_calibration():
     return (ops.stochastic_round(jax.random.fold_in(key, i), w_sr + 1e-4, FP16_WANG),
             ops.round_nearest(w_rn + 1e-4, FP16_WANG))
 
-  w_sr, w_rn = jax.jit(lambda: jax.lax.fori_loop(0, 10000, body, (jnp.float32(1), jnp.float32(1))))()
+  w_sr, w_rn = jax.jit(
+      lambda: jax.lax.fori_loop(0, 10000, body, (jnp.float32(1), jnp.float32(1))))()
   assert float(w_rn) == 1.0
   assert abs(float(w_sr) - 2.0) < 0.25  # std of the SR random walk is about 0.05
 
@@ -288,7 +296,8 @@ def test_saturation():
   sat = FloatFormat(5, 2, overflow="saturate")
   np.testing.assert_array_equal(ops.round_nearest(jnp.asarray([1e6, -1e6, 61440.0]), sat),
                                 [57344, -57344, 57344])
-  np.testing.assert_array_equal(ops.round_nearest(jnp.asarray([1e6, -1e6]), FP8_E5M2), [np.inf, -np.inf])
+  np.testing.assert_array_equal(ops.round_nearest(jnp.asarray([1e6, -1e6]), FP8_E5M2),
+                                [np.inf, -np.inf])
   assert np.isnan(np.asarray(ops.round_nearest(jnp.asarray([1e6, 470.0]), FP8_E4M3))).all()
   assert float(ops.round_nearest(jnp.asarray(464.0), FP8_E4M3)) == 448
   wide = FixedPoint(2, 30)  # 32-bit word: its max is not a float32; saturate at the largest one
@@ -357,7 +366,8 @@ def test_quantize_grad_rounds_the_cotangent():
   key = jax.random.key(5)
   _, vjp = jax.vjp(lambda x: ops.quantize_grad(x, FixedPoint(2, 4), "stochastic", key), x)
   gq = np.asarray(vjp(g)[0])
-  lo, hi = ref_round(np.asarray(g), FixedPoint(2, 4), "down"), ref_round(np.asarray(g), FixedPoint(2, 4), "up")
+  lo = ref_round(np.asarray(g), FixedPoint(2, 4), "down")
+  hi = ref_round(np.asarray(g), FixedPoint(2, 4), "up")
   assert (same_bits(gq, lo) | same_bits(gq, hi)).all()
   np.testing.assert_array_equal(gq, vjp(g)[0])  # deterministic given the key
   assert ops.quantize_grad(x, None) is x
@@ -401,7 +411,8 @@ def test_to_native_and_tree():
 def test_format_properties():
   assert FP8_E4M3.max_value == 448 and FP8_E5M2.max_value == 57344 and FLOAT16.max_value == 65504
   assert FP16_WANG.emin == -30 and FP16_WANG.precision == 10
-  assert FLOAT32.max_value == float(np.finfo(np.float32).max) and FLOAT32.smallest_step == 2.0 ** -149
+  assert FLOAT32.max_value == float(np.finfo(np.float32).max)
+  assert FLOAT32.smallest_step == 2.0 ** -149
   assert FixedPoint(2, 14).min_value == -2 and FixedPoint(2, 14).word_bits == 16
   assert FP16_WANG.native_dtype is None and FloatFormat(8, 7) == BFLOAT16
   assert hash(FloatFormat(8, 7)) == hash(BFLOAT16)

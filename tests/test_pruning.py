@@ -1,4 +1,4 @@
-"""Tests of magnitude pruning, the Zhu & Gupta schedule, masked optimizers and the sparsity report."""
+"""Tests of magnitude pruning, the Zhu & Gupta schedule, masked optimizers, the sparsity report."""
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +118,8 @@ def test_zhu_gupta_schedule():
 
 def _quadratic_problem(params):
   target = jax.tree.map(lambda p: p + 0.5, params)
-  return lambda p: sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+  return lambda p: sum(jnp.sum((a - b) ** 2)
+                       for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
 
 
 def test_masked_updates_keep_pruned_weights_at_zero():

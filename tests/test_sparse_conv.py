@@ -1,4 +1,4 @@
-"""Tests of the sparse weight format, direct sparse convolution (XLA and Pallas) and sparse inference."""
+"""Tests of the sparse weight format, direct sparse convolution (XLA, Pallas), sparse inference."""
 
 import functools
 
@@ -362,8 +362,8 @@ def _pruned_model():
 def test_sparse_inference_equals_dense_model():
   model, variables, x = _pruned_model()
   sparse_vars = fnn.sparsify_variables(variables)
-  kernels = [leaf for leaf in jax.tree.leaves(
-    sparse_vars, is_leaf=lambda a: isinstance(a, ops.SparseKernel)) if isinstance(leaf, ops.SparseKernel)]
+  is_sparse = lambda a: isinstance(a, ops.SparseKernel)
+  kernels = [leaf for leaf in jax.tree.leaves(sparse_vars, is_leaf=is_sparse) if is_sparse(leaf)]
   assert len(kernels) == 4  # every conv, not the Dense kernel
   dense = jax.jit(model.apply)(variables, x)
 

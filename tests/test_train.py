@@ -18,7 +18,8 @@ TINY = train.TrainConfig(steps=6, batch_size=32, eval_batch_size=1000, learning_
 
 
 def test_loss_goes_down(mnist, tiny_cnn):
-  config = dataclasses.replace(TINY, steps=40, log_every=10, learning_rate=1e-2, schedule="constant")
+  config = dataclasses.replace(TINY, steps=40, log_every=10, learning_rate=1e-2,
+                               schedule="constant")
   result = train.fit(tiny_cnn, mnist, config, verbose=False)
   losses = [h["train_loss"] for h in result.history if "train_loss" in h]
   assert losses[-1] < 0.6 * losses[0], losses
@@ -63,7 +64,8 @@ def test_workdir_of_another_config_is_refused(mnist, tiny_cnn, tmp_path):
   train.fit(tiny_cnn, mnist, TINY, str(tmp_path), verbose=False)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
   other = dataclasses.replace(TINY, learning_rate=0.1)
-  with pytest.raises(train.WorkdirMismatchError, match=r"learning_rate: 0\.003 -> 0\.1.*new --workdir"):
+  with pytest.raises(train.WorkdirMismatchError,
+                     match=r"learning_rate: 0\.003 -> 0\.1.*new --workdir"):
     train.fit(tiny_cnn, mnist, other, str(tmp_path), verbose=False)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
   # Reporting frequencies may change on resume.
