@@ -10,8 +10,8 @@ Formats are frozen dataclasses (hashable, usable as static arguments of `jax.jit
 
   * `FixedPoint(integer_bits, fraction_bits)`: a signed two's-complement word of
     `integer_bits + fraction_bits` bits (the sign bit counts as an integer bit, as in Gupta's
-    <IL, FL>);
-    values k * 2^-FL for integers k in [-2^(W-1), 2^(W-1) - 1]. Out-of-range values saturate.
+    <IL, FL>); values k * 2^-FL for integers k in [-2^(W-1), 2^(W-1) - 1]. Out-of-range values
+    saturate.
   * `FloatFormat(exponent_bits, mantissa_bits, ...)`: a binary float with 1 sign bit; presets
     `BFLOAT16`, `FLOAT16`, `FP8_E4M3` (float8_e4m3fn), `FP8_E5M2` (Wang's 1-5-2), `FP16_WANG`
     (Wang's 1-6-9) and `FLOAT32`.
@@ -75,8 +75,8 @@ Random bits for stochastic rounding come from one of two sources (`rng=`):
     shifted streams); it is not a cryptographic or statistically certified generator: for one key
     the bits are a fixed bijection of the index, so use a fresh key (e.g.
     `jax.random.fold_in(key, step)`) for every call; arrays beyond 2^32 elements repeat the index.
-  * "jax": `jax.random.bits(key, shape)`, the key's own PRNG (threefry by default), 10x or more
-    slower on a CPU; use it when certified randomness matters.
+  * "jax": `jax.random.bits(key, shape)`, the key's own PRNG (threefry by default), a separate
+    and slower pass; use it when certified randomness matters.
 """
 
 from __future__ import annotations

@@ -487,14 +487,11 @@ def reversible_sequence(
     num_blocks: needed only when the stacked params have no arrays; checked otherwise.
     backprop: "reversible" (default), "store" or "checkpoint".
     unroll: `lax.scan`'s `unroll` for the stacked form (True: no loop). On XLA:CPU the gradient
-      of a convolution inside a loop body takes a slow path: measured 24x slower for a small conv
-      stack, and a RevNet-38 step 13x slower (jax 0.10.2). `unroll=True` avoids it. The price:
-      compile time grows with depth, and once unrolled XLA is free to schedule the rebuilds as
-      it likes, so the memory saving is no longer guaranteed. Measured: a 16-block conv stack
-      stays flat (5.5 MiB temp vs 32.8 MiB for "store"), but RevNet's stacks with batch norm do
-      not (temp 104 -> 274 MiB from 3 to 9 units per stage, vs a flat 47 MiB with the loop).
-      All figures: `python tools/measure_revnet_unroll.py`. Keep the default where memory is
-      the point; use True for fast CPU experiments.
+      of a convolution inside a loop body takes a slow path, which `unroll=True` avoids. The
+      price: compile time grows with depth, and once unrolled XLA schedules the rebuilds as it
+      likes, so the memory saving is no longer guaranteed (it holds for a plain conv stack, not
+      for RevNet's stacks with batch norm). `tools/measure_revnet_unroll.py` measures both. Keep
+      the default where memory is the point; use True for fast CPU experiments.
 
   Returns:
     y with x's shape and dtype; with has_aux, `(y, (f_aux, g_aux))` where each aux is stacked
