@@ -6,12 +6,14 @@ with tensorboardX and tensorflow-datasets made unimportable as on the GPU machin
 script cannot rot between GPU runs.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tarfile
 
+from experiments import baseline, bench_fastfood, bench_reversible, bench_sparse_conv, common
 from tests.conftest import REPO
 
 SCRIPT = os.path.join(REPO, "tools", "gpu_check.sh")
@@ -108,3 +110,26 @@ def test_summary_of_a_run_cut_short(tmp_path):
   md = (tmp_path / "s.md").read_text()
   assert "DRY RUN" not in md and "cut off" in md and "| missed |" in md
   assert "test_sparse_conv.py::test_b" in md and "tensorboardX" in md
+
+
+def test_gpu_settings_are_valid_configs(tmp_path):
+  # The GPU-only settings never run in CI: at least their keys and values must be what the
+  # experiments accept (a typo would otherwise first show on the scarce GPU machine).
+  spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(REPO, "tools",
+                                                                          "gpu_check.py"))
+  gc = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(gc)
+  for dry in (False, True):
+    fw = common.merge_config(bench_fastfood.DEFAULTS, gc.fwht_config(dry, str(tmp_path)))
+    assert dry or [2**k for k in fw["fwht_log2"]] == [1024, 4096, 16384] and fw["batch"] == 4096
+    for layer in gc.escort_layers(dry):
+      cfg = common.merge_config(bench_sparse_conv.DEFAULTS,
+                                gc.escort_config(dry, str(tmp_path), layer, end_to_end=True))
+      assert cfg["layers"] == [layer] and any(
+          layer == row[0] for net in cfg["networks"] for row in bench_sparse_conv.LAYERS[net])
+      assert cfg["precision"] == "highest" and cfg["bcoo_cusparse"]
+      assert cfg["pallas"] == ("interpret" if dry else "auto")
+    common.merge_config(bench_reversible.DEFAULTS, gc.reversible_config(dry, str(tmp_path)))
+    common.merge_config(baseline.DEFAULTS, gc.baseline_config(dry, str(tmp_path)))
+  assert set(gc.escort_layers(False)) == {"conv2", "inception3a_3x3", "conv2_x_3x3",
+                                          "conv4_x_3x3"}
