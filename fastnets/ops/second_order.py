@@ -95,7 +95,8 @@ def _ns_sqrtm_bwd(num_iters, residuals, g):
     gT = Y^T gY' + gZ' Z^T,   gY = gY' T^T - Z^T gT / 2,   gZ = T^T gZ' - gT Y^T / 2.
   For symmetric input Y, Z and T are symmetric polynomials of A and this is the paper's Eq. (6);
   keeping the transposes makes it the exact derivative of the iterations for any square input
-  and any num_iters >= 1 (the fast-MPN-COV code's backward is wrong for one iteration).
+  and any num_iters >= 1 (users of the fast-MPN-COV code report wrong gradients for one
+  iteration and for non-symmetric input; the tests check both cases here).
   Pre-normalisation Y_0 = A / tr(A) and post-compensation C = sqrt(tr A) Y_N give Eq. (7):
     gA = gY_0 / tr A + (<gC, Y_N> / (2 sqrt(tr A)) - <gY_0, A> / tr(A)^2) I.
   """
