@@ -34,7 +34,9 @@ VERDICTS = (REPRODUCED, REPRODUCED_PROXY, NOT_REPRODUCED, INCONCLUSIVE, NOT_TEST
 ROW_KEYS = ("technique", "claim", "paper", "ours", "scale", "setting", "verdict")
 
 MIN_SEEDS = 3  # No verdict from fewer evaluation seeds.
-MIN_SEEDS_SMALL_EFFECT = 5  # Where the claimed difference is under one point.
+# Where the claimed difference, or the margin of a "no worse than" claim, is under one point
+# (e.g. "within 0.5 points of the dense net"): such intervals need more seeds to decide.
+MIN_SEEDS_SMALL_EFFECT = 5
 EVAL_SEEDS = (0, 1, 2, 3, 4)
 TUNING_SEEDS = (1000, 1001, 1002)  # Disjoint from EVAL_SEEDS: tuning never sees an eval seed.
 
