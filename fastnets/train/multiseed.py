@@ -33,6 +33,7 @@ over), `step_variants` and host `callbacks`.
 """
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -299,6 +300,7 @@ def fit_seeds(model: nn.Module,
   metric_names = ["loss", "grad_norm", *aux_metrics]
 
   init_keys = shd.replicate(jnp.stack([init_key(s) for s in seeds]), mesh)
+
   def init_state(key, x):
     return init_train_state(model, tx, key, x)
 
@@ -306,8 +308,7 @@ def fit_seeds(model: nn.Module,
                   out_shardings=repl)(init_keys, sample)
   # The run key of `make_train_step`: step t of seed s draws fold_in(key(s), t).
   run_keys = shd.replicate(jnp.stack([jax.random.key(s) for s in seeds]), mesh)
-  step_fn = jax.jit(map_seeds(make_keyed_train_step(loss_fn, tx), num_seeds, mode,
-                               (0, 0, 0, 0)),
+  step_fn = jax.jit(map_seeds(make_keyed_train_step(loss_fn, tx), num_seeds, mode, (0, 0, 0, 0)),
                     donate_argnums=(0, 2), out_shardings=(repl, repl))
   eval_step = jax.jit(map_seeds(make_eval_step(model), num_seeds, mode, (0, None)),
                       out_shardings=repl)
@@ -318,8 +319,8 @@ def fit_seeds(model: nn.Module,
                           eval_step=eval_step)
 
   histories = [[] for _ in seeds]
-  writers = [TensorBoardWriter(f"{tensorboard_dir}/seed_{s}" if tensorboard_dir else None)
-             for s in seeds]
+  writers = [TensorBoardWriter(os.path.join(tensorboard_dir, f"seed_{s}") if tensorboard_dir
+                               else None) for s in seeds]
 
   def record_eval(step, ev):
     for i in range(num_seeds):
