@@ -4,6 +4,8 @@
 subpackage `fastnets.kernels` through `package_dir`.
 """
 
+import os
+
 import setuptools
 
 INSTALL_REQUIRES = [
@@ -37,8 +39,10 @@ EXTRAS = {
 setuptools.setup(
     name="fastnets",
     version="0.1.0",
-    description="Efficient deep networks in JAX: reversible nets, Fastfood, low precision, sparse conv.",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    description=("Efficient deep networks in JAX: reversible nets, Fastfood, low precision, "
+                 "sparse conv."),
+    long_description=(open("README.md", encoding="utf-8").read()
+                      if os.path.exists("README.md") else ""),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["fastnets", "fastnets.*"]) + ["fastnets.kernels"],
