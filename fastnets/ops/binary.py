@@ -340,8 +340,17 @@ def packed_dot(a: jax.Array, b: jax.Array, length: int) -> jax.Array:
   return length - 2 * mismatches
 
 
+def _block_sizes(rows: int, cols: int, words: int) -> tuple[int, int]:
+  """Row and column block sizes that keep one block's XOR words (rows x cols x words) near 2^19
+  (2 MiB): XLA:CPU materialises that intermediate, so larger blocks fall out of cache."""
+  row_block = min(rows, 64)
+  target = max(1, (1 << 19) // (row_block * words))
+  col_block = 1 << max(3, min(8, target.bit_length() - 1))  # a power of two in [8, 256]
+  return row_block, min(cols, col_block)
+
+
 def packed_matmul(a: jax.Array, b: jax.Array, length: int, mask: jax.Array | None = None,
-                  block: int = 256) -> jax.Array:
+                  block: int | None = None) -> jax.Array:
   """All dot products of the packed rows of a with those of b (XNOR + population count).
 
   Args:
@@ -350,7 +359,8 @@ def packed_matmul(a: jax.Array, b: jax.Array, length: int, mask: jax.Array | Non
     length: K, the true vector length (W = ceil(K / 32)); the zero tails do not count.
     mask: optional (P, W) uint32 validity bits of a's positions (zero padding of a convolution):
       then a_p . b_o = popcount(mask_p) - 2 popcount((a_p XOR b_o) AND mask_p).
-    block: rows of b processed at a time (bounds the (P, block, W) intermediate).
+    block: rows of b per block; default chosen from the shapes (blocks of a's rows and of b's
+      rows bound the (rows, block, W) intermediate, which XLA:CPU writes to memory).
 
   Returns:
     (P, O) int32, exactly the float dot products of the {-1, +1} (masked: {-1, 0, +1}) vectors.
@@ -369,20 +379,36 @@ def packed_matmul(a: jax.Array, b: jax.Array, length: int, mask: jax.Array | Non
     mask = _check_words("mask", mask)
     if mask.shape != a.shape:
       raise ValueError(f"packed_matmul: mask must have a's shape {a.shape}, got {mask.shape}.")
+  (p, w), o = a.shape, b.shape[0]
+  row_block, col_block = _block_sizes(p, o, w)
+  if block is not None:
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+      raise ValueError(f"packed_matmul: block must be a positive int, got {block!r}.")
+    col_block = min(o, int(block))
 
-  def count(b_block):
-    x = a[:, None, :] ^ b_block[None, :, :]
-    if mask is not None:
-      x = x & mask[:, None, :]
+  def count(a_block, mask_block, b_block):
+    x = a_block[:, None, :] ^ b_block[None, :, :]
+    if mask_block is not None:
+      x = x & mask_block[:, None, :]
     return jnp.sum(lax.population_count(x).astype(jnp.int32), axis=-1)
 
-  o = b.shape[0]
-  if o <= block:
-    mismatches = count(b)
+  b_blocks = jnp.pad(b, ((0, -o % col_block), (0, 0))).reshape(-1, col_block, w)
+
+  def row_counts(args):
+    a_block, mask_block = args
+    per_col = lax.map(lambda bb: count(a_block, mask_block, bb), b_blocks)  # (nb, rows, cb)
+    return jnp.moveaxis(per_col, 0, 1).reshape(a_block.shape[0], -1)
+
+  pad_rows = -p % row_block
+  a_blocks = jnp.pad(a, ((0, pad_rows), (0, 0))).reshape(-1, row_block, w)
+  mask_blocks = (None if mask is None else
+                 jnp.pad(mask, ((0, pad_rows), (0, 0))).reshape(-1, row_block, w))
+  if a_blocks.shape[0] == 1:
+    mismatches = row_counts((a_blocks[0], None if mask is None else mask_blocks[0]))
   else:
-    pad = -o % block
-    blocks = jnp.pad(b, ((0, pad), (0, 0))).reshape(-1, block, b.shape[1])
-    mismatches = jnp.moveaxis(lax.map(count, blocks), 0, 1).reshape(a.shape[0], -1)[:, :o]
+    mismatches = lax.map(row_counts, (a_blocks, mask_blocks)).reshape(-1, b_blocks.shape[0]
+                                                                       * col_block)
+  mismatches = mismatches[:p, :o]
   if mask is None:
     return length - 2 * mismatches
   valid = jnp.sum(lax.population_count(mask).astype(jnp.int32), axis=-1, keepdims=True)
