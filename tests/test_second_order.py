@@ -105,21 +105,31 @@ def test_pooling_cnn_heads_shapes_jit_and_grads(head):
   x = jnp.asarray(np.random.default_rng(7).standard_normal((6, 12, 12, 1)), jnp.float32)
   variables = jax.jit(model.init)(jax.random.key(0), x)
   assert "losses" not in variables  # nothing sown at init (it would grow in the train state)
-  logits, feats = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(variables, x)
+  loss_fn = train.with_sown_losses(model, weight=0.1)
+
+  @jax.jit
+  def everything(params):
+    (logits, feats), sown = model.apply({"params": params}, x, train=True, return_features=True,
+                                        rngs={"dropout": jax.random.key(2)},
+                                        mutable=["losses", "intermediates"])
+    grad_out = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, {}, {"image": x, "label": jnp.arange(6)}, jax.random.key(1))
+    return logits, feats, sown, grad_out
+
+  logits, feats, sown, ((loss, (state, metrics)), grads) = everything(variables["params"])
   width = {"gap": 8, "covariance": 10, "gm_sop": 10}[head]
   assert logits.shape == (6, 10) and feats.shape == (6, width)
-  loss_fn = train.with_sown_losses(model, weight=0.1)
-  (loss, (state, metrics)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-      variables["params"], {}, {"image": x, "label": jnp.arange(6)}, jax.random.key(1))
   assert state == {} and bool(jnp.isfinite(loss))
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   if head == "gm_sop":
-    _, sown = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
-                          mutable=["losses", "intermediates"])
     gates = sown["intermediates"]["GMSOP_0"]["gates"][0]
     assert bool(jnp.all(jnp.sum(gates > 0, axis=-1) == 2))
     balance = sown["losses"]["GMSOP_0"]["gate_balance"][0]
-    assert float(metrics["aux_loss"]) >= 0 and bool(jnp.isfinite(balance))
+    assert bool(jnp.isfinite(balance)) and float(metrics["aux_loss"]) >= 0
+    # The components' reductions are trained through the gated output.
+    assert float(jnp.abs(grads["GMSOP_0"]["reduce"]).sum()) > 0
+  else:
+    assert float(metrics["aux_loss"]) == 0.0
 
 
 def test_distillation_loss_fn_pkt_kd_and_handcrafted_teacher():
