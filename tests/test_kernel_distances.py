@@ -151,7 +151,7 @@ def test_bad_input_names_the_argument():
     ops.distillation_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3)), 0.0)
 
 
-def test_four_devices_sharded_batch():
+def test_four_devices_sharded_batch_ops_and_gm_sop_head():
   out = run_python("""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -171,6 +171,12 @@ s = jax.jit(lambda m: ops.sqrtm_newton_schulz(m, 12))(put(a))
 np.testing.assert_allclose(np.asarray(s), np.asarray(ops.sqrtm_eigh(a)), atol=1e-4)
 g = jax.jit(jax.grad(lambda m: jnp.sum(ops.sqrtm_newton_schulz(m, 3))))(put(a))
 assert g.shape == a.shape and bool(jnp.all(jnp.isfinite(g)))
+from fastnets import models
+model = models.PoolingCNN(head="gm_sop", channels=(4, 8), sop_dim=4, num_components=3, k=2)
+img = rng.standard_normal((8, 12, 12, 1)).astype(np.float32)
+v = model.init(jax.random.key(0), img)
+out = jax.jit(model.apply)(v, put(img))
+np.testing.assert_allclose(np.asarray(out), np.asarray(model.apply(v, img)), rtol=1e-4, atol=1e-5)
 print("ok", len(jax.devices()))
 """, devices=4)
   assert "ok 4" in out
