@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import bt_rnn, common
+from experiments import bench_bt_rnn, bt_rnn, common
 from fastnets import data
 
 
@@ -142,3 +142,15 @@ def test_frame_model_matches_the_sequence_classifier():
   assert counts["input_params"] == bt_rnn.model_input_params("bt_lstm_r2", config) + 4 * 16
   with pytest.raises(ValueError, match="batch, time"):
     model.apply(variables, jnp.zeros((2, 784)))
+
+
+def test_bench_bt_rnn_smoke(tmp_path):
+  cfg = dict(bench_bt_rnn.SMOKE, cells=["lstm", "bt_lstm"], tensor_optimize=["optimal"],
+             workdir=str(tmp_path))
+  res = bench_bt_rnn.run(cfg)
+  m = res["metrics"]["d784"]
+  assert m["lstm_hoisted"]["speedup_vs_lstm"] == 1.0
+  assert m["bt_lstm_hoisted"]["median_ms"] > 0
+  assert m["bt_lstm_hoisted"]["input_params"] < m["lstm_hoisted"]["input_params"]
+  assert (tmp_path / "results.json").exists()
+  assert bench_bt_rnn.report_rows(res)
