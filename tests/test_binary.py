@@ -143,10 +143,10 @@ def test_ktanh_straight_through_gradient():
 # ABC-Net
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 5])
+@pytest.mark.parametrize("m", [1, 5])
 def test_binary_bases_and_least_squares_alpha(m):
   w = jax.random.normal(jax.random.key(m), (3, 3, 4, 6)) * 0.1 + 0.02
-  bases, alpha = ops.binary_bases(w, m)
+  bases, alpha = jax.jit(ops.binary_bases, static_argnums=1)(w, m)
   wn = np.asarray(w, np.float64)
   shifts = [0.0] if m == 1 else [-1 + 2 * i / (m - 1) for i in range(m)]
   want = np.stack([np.where(wn - wn.mean() + u * wn.std() >= 0, 1.0, -1.0) for u in shifts])
@@ -189,7 +189,7 @@ def test_binary_weights_and_activations_straight_through():
 # Packed products
 
 
-@pytest.mark.parametrize("length", [1, 5, 31, 32, 33, 100, 129])
+@pytest.mark.parametrize("length", [1, 33, 129])
 def test_packed_dot_equals_float_dot(length):
   key_a, key_b = jax.random.split(jax.random.key(length))
   a = jnp.where(jax.random.bernoulli(key_a, 0.5, (6, length)), 1.0, -1.0)
@@ -242,7 +242,7 @@ def test_layers_packed_equal_float_evaluation():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_abc_model_trains_and_runs_packed():
+def test_abc_model_gradients_reach_every_binary_parameter():
   model = models.create_model("abc_cnn", 10, channels=(4, 8), hidden=16, weight_bases=2,
                               activation_bases=2)
   x = jax.random.normal(jax.random.key(0), (8, 12, 12, 1))
@@ -257,9 +257,7 @@ def test_abc_model_trains_and_runs_packed():
   for layer in ("ABCConv_0", "ABCDense_0"):
     for name in ("kernel", "act_shifts", "act_scales"):
       assert float(jnp.abs(grads[layer][name]).sum()) > 0, (layer, name)
-  packed = fnn.pack_binary_variables(variables, 2)
-  run = jax.jit(lambda v, x, impl: fnn.binary_apply(model, v, x, impl=impl), static_argnums=2)
-  np.testing.assert_array_equal(run(packed, x, "packed"), run(variables, x, "float"))
+  # Packed == float evaluation on this model: test_packed_model_on_four_host_devices.
   float_model = models.create_model("abc_cnn_float", 10, channels=(4, 8), hidden=16)
   params = jax.eval_shape(float_model.init, jax.random.key(0), x)["params"]
   assert params.keys().isdisjoint({"ABCConv_0", "ABCDense_0"}) and "Conv_1" in params
