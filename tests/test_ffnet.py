@@ -116,7 +116,7 @@ def test_bad_inputs_are_rejected_clearly():
   bad = models.FastForward(body=models.BasicBlock(8, strides=2), features=4, kernel_size=3)
   with pytest.raises(ValueError, match="no fast-forward branch maps spatial size 16"):
     jax.eval_shape(bad.init, jax.random.key(0), jnp.ones((1, 16, 16, 4)))
-  with pytest.raises(ValueError, match="kernel_size must be a positive int"):
+  with pytest.raises(ValueError, match="kernel_size must be positive"):
     jax.eval_shape(models.FastForward(body=nn.Dense(3), kernel_size=(0, 3)).init,
                    jax.random.key(0), jnp.ones((1, 8, 8, 2)))
 
