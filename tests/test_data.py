@@ -33,10 +33,12 @@ def test_missing_bundled_file_is_detected(tmp_path):
 
 def test_bundled_split_is_deterministic_and_complete(mnist):
   again = data.load_bundled_mnist()
-  assert len(mnist.train) == 8000 and len(mnist.validation) == 2000
+  assert (len(mnist.train), len(mnist.validation), len(mnist.test)) == (7000, 1000, 2000)
   np.testing.assert_array_equal(mnist.train.labels, again.train.labels)
   np.testing.assert_array_equal(mnist.validation.images, again.validation.images)
-  counts = np.bincount(np.concatenate([mnist.train.labels, mnist.validation.labels]))
+  np.testing.assert_array_equal(mnist.test.images, again.test.images)
+  counts = np.bincount(np.concatenate([mnist.train.labels, mnist.validation.labels,
+                                       mnist.test.labels]))
   np.testing.assert_array_equal(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
   assert mnist.image_shape == (28, 28, 1) and mnist.num_classes == 10
 
@@ -85,7 +87,8 @@ def test_idx_directory_of_another_size(tmp_path):
   _write_idx_dataset(tmp_path / "d", shape=(12, 10))
   ds = data.load_dataset(f"idx:{tmp_path / 'd'}")
   assert ds.image_shape == (12, 10, 1) and ds.num_classes == 3
-  assert len(ds.train) == 60 and len(ds.validation) == 20
+  # t10k files are the test split; validation is a tenth carved from train.
+  assert (len(ds.train), len(ds.validation), len(ds.test)) == (54, 6, 20)
 
 
 def test_idx_directory_with_prefixed_names_and_no_test_split(tmp_path):
@@ -94,7 +97,8 @@ def test_idx_directory_with_prefixed_names_and_no_test_split(tmp_path):
     if "t10k" in name:
       os.remove(tmp_path / "d" / name)
   ds = data.load_idx_directory(str(tmp_path / "d"), validation_fraction=0.25)
-  assert len(ds.train) == 45 and len(ds.validation) == 15
+  # Test carved first (15 of 60), then validation (11 of the remaining 45).
+  assert (len(ds.train), len(ds.validation), len(ds.test)) == (34, 11, 15)
 
 
 def test_idx_directory_errors(tmp_path):
@@ -120,7 +124,8 @@ def test_tfds_path_with_mock_data():
   with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
     ds = data.load_dataset("mnist")
   assert ds.image_shape == (28, 28, 1) and ds.num_classes == 10
-  assert len(ds.train) == 24 and len(ds.validation) == 24
+  # mnist has no validation split: the last tenth of train is carved; test is the official one.
+  assert (len(ds.train), len(ds.validation), len(ds.test)) == (22, 2, 24)
   batch = next(data.train_batches(ds, 8, seed=0))
   assert batch["image"].shape == (8, 28, 28, 1) and batch["image"].dtype == np.float32
 
@@ -144,12 +149,12 @@ def test_normalisation_and_shapes(mnist):
 
 
 def test_eval_batches_cover_every_example_once(mnist):
-  batches = list(data.eval_batches(mnist, mnist.validation, 300))
+  batches = list(data.eval_batches(mnist, mnist.test, 300))
   assert all(b["image"].shape == (300, 28, 28, 1) for b in batches)
   mask = np.concatenate([b["mask"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])[mask > 0]
   assert mask.sum() == 2000
-  np.testing.assert_array_equal(labels, mnist.validation.labels)
+  np.testing.assert_array_equal(labels, mnist.test.labels)
 
 
 def test_crop_flip_augmentation_is_seeded(mnist):
@@ -162,5 +167,5 @@ def test_crop_flip_augmentation_is_seeded(mnist):
 
 
 def test_bad_batch_size(mnist):
-  with pytest.raises(ValueError, match="larger than the 8000"):
+  with pytest.raises(ValueError, match="larger than the 7000"):
     next(data.train_batches(mnist, 9000, seed=0))
