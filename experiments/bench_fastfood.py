@@ -43,9 +43,9 @@ import numpy as np
 
 from experiments import common
 from fastnets import benchmarking, evidence
-from fastnets.nn.fastfood import FastfoodDense
 from fastnets.kernels import hadamard as khad
 from fastnets.kernels import native
+from fastnets.nn.fastfood import FastfoodDense
 from fastnets.ops import hadamard as had
 from fastnets.ops.hadamard import fwht, hadamard_matrix
 
@@ -76,7 +76,8 @@ SMOKE = {"fwht_log2": [4, 6], "dense_max_log2": 6, "widths": [64, 128], "batch":
 PAPER = {"claim": "Fastfood: O(n log d) time and O(n) parameters instead of O(nd) for a "
                   "fully connected layer (Le et al. 2013; Yang et al. 2015, Deep Fried "
                   "Convnets). fastnets issue 4 targets: fwht at n=4096 >= 10x faster than a dense "
-                  "matmul and within 3x of FFHT for n=2^10..2^14; FastfoodDense fwd+bwd faster than "
+                  "matmul and within 3x of FFHT for n=2^10..2^14; FastfoodDense fwd+bwd faster "
+                  "than "
                   "Dense from width 4096 with > 100x fewer parameters",
          "value": {"fwht_vs_dense_at_4096": 10.0, "fwht_over_ffht_max": 3.0,
                    "layer_speedup_from_4096": 1.0, "layer_param_ratio": 100.0},

@@ -191,7 +191,8 @@ def run(config: dict) -> dict:
   if config["workdir"]:
     plot = _plot(metrics, os.path.join(config["workdir"], "memory_vs_depth.png"))
   return common.write_results(config["workdir"] or None, NAME, config, metrics, PAPER, timer(),
-                              summary=summary, details=details, plots={"memory_vs_depth": plot} if plot else {},
+                              summary=summary, details=details,
+                              plots={"memory_vs_depth": plot} if plot else {},
                               step="jit(value_and_grad(loss))(params, x); float32")
 
 

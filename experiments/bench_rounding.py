@@ -21,8 +21,9 @@ Every method runs `warmup` times, then `repeats` rounds in which each method run
 (interleaved, so load on a shared machine hits all of them alike); the median time per method is
 reported, as elements/s and as ratios to `cast` and to `nearest` of the same format, measured in
 the same run (the ratio of the fastest rounds, `min_ratio_to_nearest`, is recorded too: on a
-loaded shared machine it is the steadier of the two). The outputs are checked: round_nearest equals the native cast bit for bit
-(bfloat16, FP8), and the mean of stochastic rounding minus x over the values inside the format's range
+loaded shared machine it is the steadier of the two). The outputs are checked: round_nearest
+equals the native cast bit for bit (bfloat16, FP8), and the mean of stochastic rounding minus x
+over the values inside the format's range
 is within 6 standard errors of 0 (false-failure rate about 2e-9 per check).
 Target (issue 5): stochastic rounding (hash) costs at most 2x round-to-nearest.
 
@@ -42,8 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from fastnets import benchmarking, evidence
-from fastnets import ops
+from fastnets import benchmarking, evidence, ops
 
 NAME = "bench_rounding"
 DEFAULTS = {

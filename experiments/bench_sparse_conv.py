@@ -45,9 +45,8 @@ from jax import lax
 from jax.experimental import sparse as jsparse
 
 from experiments import common
-from fastnets import benchmarking, evidence
+from fastnets import benchmarking, evidence, ops
 from fastnets import nn as fnn
-from fastnets import ops
 
 NAME = "bench_sparse_conv"
 DN = ("NHWC", "HWIO", "NHWC")
@@ -198,7 +197,8 @@ def _bench_layer(spec, sparsity, config, rng, on_gpu):
   timed = benchmarking.time_interleaved(fns, config["warmup"], config["repeats"])
   med, outs = timed["median"], timed["outputs"]
   row = dict(network=spec["network"], layer=spec["layer"], sparsity=sparsity,
-             shape=dict(x=list(x.shape), kernel=list(w.shape), stride=spec["stride"], padding=padding),
+             shape=dict(x=list(x.shape), kernel=list(w.shape), stride=spec["stride"],
+                        padding=padding),
              nnz=nnz, max_nnz_per_channel=sk.max_nnz, flops_dense=flops_dense,
              flops_nonzero=flops_nnz, flops_saved=1.0 - flops_nnz / flops_dense)
   for m in ("dense", "direct_sparse", "im2col", "im2col_bcoo", "pallas"):
@@ -242,7 +242,7 @@ def _numerics(config):
 
 
 class _E2ECNN(nn.Module):
-  """A small VGG-like CNN for the end-to-end timing (random weights; time does not need training)."""
+  """A small VGG-like CNN for the end-to-end timing (random weights: timing needs no training)."""
 
   width: int = 32
   num_classes: int = 10
@@ -278,7 +278,8 @@ def _bench_end_to_end(config, sparsity, on_gpu):
                                          "sparse": lambda: sparse_f(sparse_vars, x)},
                                         config["warmup"], config["repeats"])
   med, outs = timed["median"], timed["outputs"]
-  return dict(rounds=timed["times"], sparsity=sparsity, impl=impl, dense_s=med["dense"], sparse_s=med["sparse"],
+  return dict(rounds=timed["times"], sparsity=sparsity, impl=impl, dense_s=med["dense"],
+              sparse_s=med["sparse"],
               speedup=med["dense"] / med["sparse"],
               max_abs_logit_diff=float(jnp.max(jnp.abs(outs["dense"] - outs["sparse"]))),
               same_predictions=bool(jnp.all(jnp.argmax(outs["dense"], -1) ==
@@ -313,7 +314,8 @@ def _summary(rows):
 
 def _table(rows, e2e) -> str:
   head = ("| network | layer | x | kernel | sparsity | dense ms | direct ms | im2col ms | "
-          "im2col+BCOO ms | pallas ms | direct/dense speed-up | vs im2col | vs BCOO | FLOPs saved |")
+          "im2col+BCOO ms | pallas ms | direct/dense speed-up | vs im2col | vs BCOO | "
+          "FLOPs saved |")
   lines = [head, "|" + "---|" * 14]
   f = lambda v: "-" if v is None else f"{1e3 * v:.2f}"
   g = lambda v: "-" if v is None else f"{v:.2f}x"
@@ -321,8 +323,10 @@ def _table(rows, e2e) -> str:
     lines.append(
       f"| {r['network']} | {r['layer']} | {'x'.join(map(str, r['shape']['x']))} | "
       f"{'x'.join(map(str, r['shape']['kernel']))}/s{r['shape']['stride']} | {r['sparsity']:.2f} | "
-      f"{f(r['dense_s'])} | {f(r['direct_sparse_s'])} | {f(r['im2col_s'])} | {f(r['im2col_bcoo_s'])} | "
-      f"{f(r['pallas_s'])} | {g(r['speedup_direct_sparse_vs_dense'])} | {g(r['direct_vs_im2col'])} | "
+      f"{f(r['dense_s'])} | {f(r['direct_sparse_s'])} | {f(r['im2col_s'])} | "
+      f"{f(r['im2col_bcoo_s'])} | "
+      f"{f(r['pallas_s'])} | {g(r['speedup_direct_sparse_vs_dense'])} | "
+      f"{g(r['direct_vs_im2col'])} | "
       f"{g(r['direct_vs_bcoo'])} | {r['flops_saved']:.0%} |")
   if e2e:
     lines += ["", "| end-to-end sparsity | dense ms | sparse ms | speed-up | same predictions |",
@@ -345,7 +349,8 @@ def _plot(rows, path):
              ("speedup_im2col_bcoo_vs_dense", "im2col + BCOO", ":v")]
   n = len(layers)
   cols = min(3, n)
-  fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(n / cols)),
+  rows_ = math.ceil(n / cols)
+  fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.2 * rows_),
                            squeeze=False)
   for ax, (net, layer) in zip(axes.flat, layers):
     rs = sorted((r for r in rows if (r["network"], r["layer"]) == (net, layer)),

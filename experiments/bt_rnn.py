@@ -121,7 +121,7 @@ import numpy as np
 from experiments import common
 from fastnets import data, evidence, train
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
-from fastnets.ops import tensor_formats as tf
+from fastnets.ops import tensor_formats
 
 NAME = "bt_rnn"
 TASKS = ("mode", "sum_mod10")
@@ -158,7 +158,8 @@ QUICK = {"train_sequences": 8000, "seeds": [0, 1, 2], "hidden": 64, "hidden_fact
          "models": ["lstm", "tt_lstm", "bt_lstm_r2", "bt_lstm_r4", "bt_lstm_r4_c2"],
          "steps": 1000, "log_every": 50, "eval_every": 250}
 SMOKE = {**QUICK, "models": ["lstm", "tt_lstm", "bt_lstm_r1"], "seeds": [0],
-         "train_sequences": 64, "val_sequences": 40, "test_sequences": 40, "hidden": 16, "hidden_factors": [2, 2, 2, 2],
+         "train_sequences": 64, "val_sequences": 40, "test_sequences": 40, "hidden": 16,
+         "hidden_factors": [2, 2, 2, 2],
          "steps": 2, "batch_size": 16, "eval_batch_size": 40, "log_every": 1, "eval_every": 0}
 # Where the per-family learning rates came from (results.json `tuning`).
 QUICK_TUNING = {
@@ -389,9 +390,10 @@ def model_input_params(name: str, config: dict) -> int:
   spec = parse_model_name(name)
   in_f, out_f = _input_map_factors(config, spec["cell"])
   if spec["cell"].startswith("bt_"):
-    return tf.bt_num_params(in_f, out_f, spec["rank"] or 2, spec["blocks"] or config["num_blocks"])
+    return tensor_formats.bt_num_params(in_f, out_f, spec["rank"] or 2,
+                                        spec["blocks"] or config["num_blocks"])
   if spec["cell"].startswith("tt_"):
-    return tf.tt_num_params(in_f, out_f, spec["rank"] or config["tt_rank"] or 1)
+    return tensor_formats.tt_num_params(in_f, out_f, spec["rank"] or config["tt_rank"] or 1)
   return math.prod(in_f) * math.prod(out_f)
 
 
@@ -410,7 +412,8 @@ def matched_tt_rank(config: dict, cell: str = "tt_lstm") -> tuple[int, str | Non
   target = max(bts, key=lambda m: model_input_params(m, config))
   budget = model_input_params(target, config)
   in_f, out_f = _input_map_factors(config, cell)
-  rank = min(range(1, 65), key=lambda r: (abs(tf.tt_num_params(in_f, out_f, r) - budget), r))
+  rank = min(range(1, 65),
+             key=lambda r: (abs(tensor_formats.tt_num_params(in_f, out_f, r) - budget), r))
   return rank, target
 
 

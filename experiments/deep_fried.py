@@ -113,7 +113,8 @@ PAPER = {
 }
 _FASTFOOD_DIAGONALS = ("S", "G", "B")
 LR_MULT_NOTE = ("fixed at 30, about sqrt(800) = 28, the ratio of the dense weights' scale "
-                "(1/sqrt(fan_in)) to the diagonals' (about 1): an argument, not a sweep. An earlier "
+                "(1/sqrt(fan_in)) to the diagonals' (about 1): an argument, not a sweep. An "
+                "earlier "
                 "version swept it (1, 10, 30, 100) on the digits that were then the validation "
                 "split, for the Fastfood net only; that sweep is not used here and the value was "
                 "not changed after it.")

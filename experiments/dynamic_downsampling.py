@@ -46,7 +46,8 @@ import jax
 import numpy as np
 
 from experiments import common
-from fastnets import benchmarking, data, evidence, models, nn as fnn, train
+from fastnets import benchmarking, data, evidence, models, train
+from fastnets import nn as fnn
 from fastnets.train import downsampling
 
 NAME = "dynamic_downsampling"

@@ -11,7 +11,8 @@ share) at initialisation for several seeds, and during training every `grad_ever
 fixed batch. Also the norm of every main-path conv's gradient against depth at initialisation.
 
 Quick: FFNet width 16 (64 in the paper) on the bundled MNIST, 200 Adam steps of batch 32, three
-training seeds (test accuracy, paired by seed), gradient norms at initialisation over three seeds. Full (DEFAULTS): width 64 on
+training seeds (test accuracy, paired by seed), gradient norms at initialisation over three seeds.
+Full (DEFAULTS): width 64 on
 CIFAR-10 (32x32 inputs: the stages give 28, ..., 8; the paper crops to 28), momentum SGD with the
 released solver's learning rate and weight decay, three seeds.
 
@@ -29,8 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from experiments import common
-from fastnets import evidence
-from fastnets import data, models, train
+from fastnets import data, evidence, models, train
 
 NAME = "ffnet"
 DEFAULTS = {
@@ -61,7 +61,8 @@ QUICK = {
     "weight_decay": 0.0, "augment": "none", "seeds": [0, 1, 2], "grad_seeds": [0, 1, 2],
     "grad_every": 50, "log_every": 25,
 }
-SMOKE = {**QUICK, "seeds": [0], "features": 4, "stages": 2, "steps": 3, "batch_size": 8, "eval_batch_size": 500,
+SMOKE = {**QUICK, "seeds": [0], "features": 4, "stages": 2, "steps": 3, "batch_size": 8,
+         "eval_batch_size": 500,
          "log_every": 1, "grad_every": 2, "grad_seeds": [0, 1], "resnet_widths": [4, 4, 8, 8]}
 PAPER = {"claim": "input fast-forwarding (a parallel path sending input representations to deeper "
                   "layers) counters vanishing gradients and learns better: a 20-conv FFNet beats "

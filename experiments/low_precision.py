@@ -48,7 +48,8 @@ Full (DEFAULTS): CIFAR-10 from tfds (`--data_dir`), the Caffe "cifar10 quick"-st
 used (conv 5x5 32-32-64 with pooling, dense 64, 10), 20,000 steps.
 
 Writes --workdir/results.json (metrics.<run>: test_accuracy (mean over seeds),
-test_accuracy_per_seed, val_accuracy_per_seed, train_loss_per_seed, wall_time_s; `formats` per run and layer; `ranges` from the float32 run; `history` per run) and
+test_accuracy_per_seed, val_accuracy_per_seed, train_loss_per_seed, wall_time_s; `formats` per run
+and layer; `ranges` from the float32 run; `history` per run) and
 curves.png (validation accuracy against steps, final accuracy against FL).
 """
 

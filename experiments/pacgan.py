@@ -99,7 +99,8 @@ DEFAULTS = {
 }
 QUICK = {"seeds": 3, "steps": 8000, "gen_hidden": 64, "disc_hidden": 64,
          "learning_rate": 2e-3, "lr_schedule": "cosine", "checkpoint_every": 0}
-SMOKE = {"seeds": 1, "steps": 4, "chunk_size": 2, "checkpoint_every": 0, "gen_hidden": 8, "gen_depth": 2,
+SMOKE = {"seeds": 1, "steps": 4, "chunk_size": 2, "checkpoint_every": 0, "gen_hidden": 8,
+         "gen_depth": 2,
          "disc_hidden": 8, "disc_pieces": 2, "disc_depth": 2, "degrees": [1, 2],
          "num_points": 1000, "eval_samples": 200, "verbose": False,
          "sm_steps": 2, "sm_batch_size": 8, "sm_features": 4, "sm_num_examples": 256,

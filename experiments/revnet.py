@@ -124,7 +124,7 @@ SMOKE = {**QUICK, "width_divisor": 8, "units": [2, 1, 1], "resnet_depth": 8, "st
          "batch_size": 8, "eval_batch_size": 500, "log_every": 1, "timing_repeats": 1,
          "seeds": [0]}
 
-# Gomez et al. 2017 as digested in ../shared/seeds/PAPERS.md. The CIFAR error table is marked
+# Gomez et al. 2017 as digested in docs/PAPERS.md. The CIFAR error table is marked
 # [unverified] there (not checked against the paper's PDF); the memcnn memory figures are [cited].
 PAPER_CIFAR10_ERROR = {"resnet32": 7.14, "revnet38": 7.24, "resnet110": 5.74, "revnet110": 5.76,
                        "resnet164": 5.24, "revnet164": 5.17}

@@ -1,9 +1,10 @@
-"""Sparse inference (Escort): prune a CNN while training, then run it with direct sparse convolutions.
+"""Sparse inference (Escort): prune a CNN while training, then run it with direct sparse convs.
 
     python -m experiments.sparse_inference --workdir=runs/sparse_inference --quick
 
 1. Trains the model (default: the baseline SmallCNN on the bundled MNIST) with
-   `fastnets.train.fit(..., tx_wrapper=lambda tx: gradual_magnitude_pruning(tx, ZhuGuptaSchedule(...)))`:
+   `fastnets.train.fit(..., tx_wrapper=lambda tx: gradual_magnitude_pruning(tx, schedule))`
+   with a `ZhuGuptaSchedule`:
    magnitude pruning on the Zhu & Gupta (2017) schedule from `prune_begin * steps` to
    `prune_end * steps`, then fine-tuning at `final_sparsity`. The layers in `keep_dense` (default:
    the first conv, 1 input channel and 288 weights, and the classifier) are not pruned.
@@ -39,7 +40,6 @@ from __future__ import annotations
 import os
 import resource
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -50,8 +50,7 @@ from jax import lax
 from jax.experimental import sparse as jsparse
 
 from experiments import common
-from fastnets import benchmarking, evidence
-from fastnets import data, models, ops, train
+from fastnets import benchmarking, data, evidence, models, ops
 from fastnets import nn as fnn
 from fastnets.ops.pruning import path_to_str
 
@@ -84,7 +83,8 @@ DEFAULTS = {
   "im2col_baselines": True,  # time im2col + matmul and im2col + BCOO too
 }
 QUICK = {"steps": 400, "repeats": 5}
-SMOKE = {"seeds": [0], "steps": 2, "batch_size": 32, "log_every": 1, "eval_every": 0, "eval_batch_size": 500,
+SMOKE = {"seeds": [0], "steps": 2, "batch_size": 32, "log_every": 1, "eval_every": 0,
+         "eval_batch_size": 500,
          "check_examples": 256, "check_batch": 128, "time_batch": 8, "warmup": 1, "repeats": 2}
 PAPER = {"claim": "Escort: direct sparse convolution makes pruned CNN inference 1.38x faster than "
                   "cuBLAS (im2col + GEMM) and 1.60x faster than cuSPARSE on GPUs (AlexNet, "
@@ -116,7 +116,8 @@ def _layer_shapes(model, variables, x1) -> list[dict]:
   def record(next_fun, args, kwargs, context):
     m = context.module
     if context.method_name == "__call__" and isinstance(m, (nn.Conv, nn.Dense)):
-      calls.append(dict(path="/".join(m.scope.path), kind="conv" if isinstance(m, nn.Conv) else "dense",
+      calls.append(dict(path="/".join(m.scope.path),
+                        kind="conv" if isinstance(m, nn.Conv) else "dense",
                         x_shape=tuple(args[0].shape), module=m))
     return next_fun(*args, **kwargs)
 
@@ -219,7 +220,8 @@ def _plot(dense_hist, pruned_hist, schedule, steps, path, title) -> str:
     tr = [h for h in hist if "train_loss" in h]
     va = [h for h in hist if "val_accuracy" in h]
     ax1.plot([h["step"] for h in tr], [h["train_loss"] for h in tr], ".-", color=color, label=label)
-    ax2.plot([h["step"] for h in va], [h["val_accuracy"] for h in va], "o-", color=color, label=label)
+    ax2.plot([h["step"] for h in va], [h["val_accuracy"] for h in va], "o-", color=color,
+             label=label)
   ax1.set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
   ax2.set(xlabel="step", ylabel="validation accuracy", title="validation accuracy")
   t = np.arange(steps + 1)
@@ -314,7 +316,8 @@ def run(config: dict) -> dict:
             for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     # Kernel matrices with rows in the (I, KH, KW) order of conv_general_dilated_patches.
     kernels = {k: flat[k + "/kernel"] for k in sparse_layers}
-    mats = {k: jnp.asarray(v.transpose(2, 0, 1, 3).reshape(-1, v.shape[3])) for k, v in kernels.items()}
+    mats = {k: jnp.asarray(v.transpose(2, 0, 1, 3).reshape(-1, v.shape[3]))
+            for k, v in kernels.items()}
     bcoo = {k: jsparse.BCOO.fromdense(m) for k, m in mats.items()}
 
     def lowered(mats, v, x):
@@ -335,7 +338,8 @@ def run(config: dict) -> dict:
                 rounds_s=timed["times"],
                 max_rel_logit_err_vs_dense=outs,
                 speedup_sparse_vs_dense=med["dense"] / med["sparse"],
-                speedup_sparse_vs_im2col=(med["im2col"] / med["sparse"]) if "im2col" in med else None,
+                speedup_sparse_vs_im2col=(med["im2col"] / med["sparse"]) if "im2col" in med
+                else None,
                 speedup_sparse_vs_bcoo=(med["im2col_bcoo"] / med["sparse"])
                 if "im2col_bcoo" in med else None)
   print(f"inference of {timing['batch']} examples ({impl}): " + ", ".join(
@@ -419,7 +423,7 @@ def report_rows(results: dict) -> list[dict]:
   rounds = t.get("rounds_s", {})
   base_ratio = (benchmarking.ratio_summary(rounds["dense"], rounds["sparse"])
                 if "dense" in rounds else None)
-  base = (f"sparse vs dense XLA conv "
+  base = ("sparse vs dense XLA conv "
           + (benchmarking.format_ratio(base_ratio) if base_ratio else
              f"{t['speedup_sparse_vs_dense']:.2f}x")
           + f"; nonzero FLOPs {1 - fl['saved']:.0%} of dense (convs {1 - fl['conv_saved']:.0%}; "
