@@ -56,8 +56,8 @@ DEFAULTS = {
     "timing_repeats": 9,
     "seeds": list(evidence.EVAL_SEEDS),
 }
-QUICK = {"steps": 300, "channels": [16, 32], "hidden": 128, "seeds": [0, 1, 2],
-         "timing_repeats": 7}
+QUICK = {"steps": 300, "channels": [8, 16], "hidden": 64, "seeds": [0, 1, 2],
+         "timing_repeats": 5}
 SMOKE = {"steps": 2, "batch_size": 16, "eval_batch_size": 500, "log_every": 1,
          "channels": [4, 8], "hidden": 16, "arms": ["float", "1_1"], "speed_features": 256,
          "speed_batch": 8, "timing_repeats": 1, "seeds": [0]}
