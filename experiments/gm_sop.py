@@ -26,7 +26,6 @@ Writes --workdir/results.json.
 
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
