@@ -36,6 +36,8 @@ EXPERIMENTS = [
     "deep_fried",
     "dynamic_downsampling",
     "ffnet",
+    "ktanh",
+    "abc_net",
     "bench_fastfood",
     "bench_rounding",
     "bench_sparse_conv",
@@ -49,7 +51,7 @@ EXPECTED_S = {
     "baseline": 60, "bt_rnn": 150, "revnet": 150, "sparse_inference": 90, "pacgan": 200,
     "low_precision": 120, "deep_fried": 90, "dynamic_downsampling": 200, "ffnet": 90,
     "bench_fastfood": 40, "bench_rounding": 20, "bench_sparse_conv": 60, "bench_reversible": 40,
-    "bench_bt_rnn": 20,
+    "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
 }
 DEFAULT_EXPECTED_S = 90
 
