@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from fastnets import benchmarking, data, evidence, models, nn as fnn, ops
+from fastnets import benchmarking, data, evidence, models, ops
+from fastnets import nn as fnn
 
 NAME = "abc_net"
 BASES = (1, 2, 3, 5)
