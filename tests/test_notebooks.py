@@ -31,3 +31,22 @@ def test_notebook_executes(path, monkeypatch):
   nb = nbformat.read(path, as_version=4)
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+
+
+GENERATORS = sorted(glob.glob(os.path.join(REPO, "tools", "make_*.py")))
+
+
+def test_every_notebook_has_a_generator_and_equals_its_output(tmp_path):
+  """Each committed notebook is exactly what its generator in tools/ writes (edit the generator,
+  then rerun it: `python tools/make_<name>_notebook.py`)."""
+  import subprocess
+  import sys
+  env = dict(os.environ, FASTNETS_NOTEBOOK_DIR=str(tmp_path))
+  for generator in GENERATORS:
+    subprocess.run([sys.executable, generator], check=True, env=env, capture_output=True,
+                   cwd=os.path.join(REPO, "tools"))
+  written = sorted(os.listdir(tmp_path))
+  assert written == sorted(os.path.basename(p) for p in NOTEBOOKS), "a notebook lacks a generator"
+  for name in written:
+    with open(tmp_path / name) as f, open(os.path.join(REPO, "colabs", name)) as g:
+      assert f.read() == g.read(), f"colabs/{name} differs from its generator's output"
