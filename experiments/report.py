@@ -79,12 +79,13 @@ def _minutes(seconds: float) -> str:
   return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def progress_line(index: int, names: list, elapsed: float, done_expected: float) -> str:
+def progress_line(index: int, names: list, elapsed: float, done_expected: float,
+                  skip=()) -> str:
   """`[4/14] pacgan ... 7:40 elapsed, about 12 min left`: the estimate is the expected time of the
   experiments left, scaled by how this run's finished experiments compared with their expected
   times."""
   name = names[index]
-  left = sum(EXPECTED_S.get(n, DEFAULT_EXPECTED_S) for n in names[index:])
+  left = sum(EXPECTED_S.get(n, DEFAULT_EXPECTED_S) for n in names[index:] if n not in skip)
   speed = elapsed / done_expected if done_expected > 0 else 1.0
   return (f"[{index + 1}/{len(names)}] {name} ... {_minutes(elapsed)} elapsed, about "
           f"{max(1, round(left * speed / 60))} min left")
@@ -215,7 +216,8 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False) -
       all_results[name] = {"error": f"{type(e).__name__}: {e}"}
       rows.append(dict(_failure_row(name, e, smoke), experiment=name))
       traceback.print_exc()
-    done_expected += EXPECTED_S.get(name, DEFAULT_EXPECTED_S)
+    if name not in reused:  # Reused results took no time here: they do not set the pace.
+      done_expected += EXPECTED_S.get(name, DEFAULT_EXPECTED_S)
     took = (f"reused: results written {all_results[name].get('date')} in "
             f"{all_results[name].get('wall_time_s', 0):.0f} s" if name in reused
             else f"{time.time() - t0:.0f} s here")
