@@ -261,8 +261,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   out = run_all(flags.FLAGS.workdir, flags.FLAGS.only, flags.FLAGS.smoke, flags.FLAGS.reuse)
   if flags.FLAGS.results_doc:
-    command = "python -m experiments.report --workdir=runs/report " \
-              f"--results_doc={flags.FLAGS.results_doc}"
+    command = ("python -m experiments.report --workdir=runs/report "
+               + ("--reuse " if flags.FLAGS.reuse else "")
+               + f"--results_doc={flags.FLAGS.results_doc}")
     print(f"wrote {write_results_doc(out['report'], flags.FLAGS.results_doc, command)}")
   if out["failed"]:
     print(f"experiments failed: {out['failed']}", file=sys.stderr)
