@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
@@ -25,8 +25,9 @@ def test_t_quantile_bad_input():
       evidence.t_quantile_975(bad)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=12))
+@example([10.0, 14.0, 20.0, 40.0])  # An interval whose end lies near zero.
 def test_summary_interval_matches_scipy(values):
   s = evidence.summarize(values)
   arr = np.asarray(values)
@@ -36,9 +37,11 @@ def test_summary_interval_matches_scipy(values):
   lo, hi = s["ci95"]
   assert lo <= s["mean"] <= hi
   if se > 0:
+    # The t table has 4 decimals: compare the half-widths (relative), not the end points (an end
+    # point near zero has no useful relative precision).
     ref = sps.t.interval(0.95, len(values) - 1, loc=arr.mean(), scale=se)
-    assert lo == pytest.approx(ref[0], rel=1e-3, abs=1e-6)
-    assert hi == pytest.approx(ref[1], rel=1e-3, abs=1e-6)
+    assert (hi - lo) / 2 == pytest.approx((ref[1] - ref[0]) / 2, rel=1e-4)
+    assert (lo + hi) / 2 == pytest.approx(arr.mean(), rel=1e-9, abs=1e-9)
 
 
 def test_summary_of_one_and_none():
