@@ -79,13 +79,12 @@ def _minutes(seconds: float) -> str:
   return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def progress_line(index: int, names: list, elapsed: float, done_expected: float,
-                  skip=()) -> str:
+def progress_line(index: int, names: list, elapsed: float, done_expected: float) -> str:
   """`[4/14] pacgan ... 7:40 elapsed, about 12 min left`: the estimate is the expected time of the
   experiments left, scaled by how this run's finished experiments compared with their expected
   times."""
   name = names[index]
-  left = sum(EXPECTED_S.get(n, DEFAULT_EXPECTED_S) for n in names[index:] if n not in skip)
+  left = sum(EXPECTED_S.get(n, DEFAULT_EXPECTED_S) for n in names[index:])
   speed = elapsed / done_expected if done_expected > 0 else 1.0
   return (f"[{index + 1}/{len(names)}] {name} ... {_minutes(elapsed)} elapsed, about "
           f"{max(1, round(left * speed / 60))} min left")

@@ -85,7 +85,7 @@ def judge_ratio(summary: Mapping[str, Any], threshold: float, direction: str = "
   if threshold <= 0:
     raise ValueError(f"threshold must be a positive ratio, got {threshold}.")
   return evidence.verdict(summary["log_summary"], math.log(threshold), direction,
-                          min_seeds=MIN_ROUNDS, scale=scale).replace("seed", "round")
+                          min_seeds=MIN_ROUNDS, scale=scale, unit="round")
 
 
 def format_ratio(summary: Mapping[str, Any], digits: int = 2) -> str:

@@ -99,7 +99,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
 
 
 def verdict(summary: Mapping[str, Any], threshold: float, direction: str = "greater",
-            min_seeds: int = MIN_SEEDS, scale: str = "paper") -> str:
+            min_seeds: int = MIN_SEEDS, scale: str = "paper", unit: str = "seed") -> str:
   """Judges "the quantity is above (below) `threshold`" from a `summarize` result.
 
   Args:
@@ -108,6 +108,8 @@ def verdict(summary: Mapping[str, Any], threshold: float, direction: str = "grea
     direction: "greater" (the claim is quantity > threshold) or "less".
     min_seeds: fewer values than this give `inconclusive (n seeds)`.
     scale: a `proxy` (or `smoke`) result that reproduces is called `reproduced on a proxy`.
+    unit: what the values are samples of, for the inconclusive note ("seed"; "round" for the
+      interleaved rounds of a timing).
 
   Returns: one of `VERDICTS` (inconclusive may carry the seed count).
   """
@@ -117,7 +119,7 @@ def verdict(summary: Mapping[str, Any], threshold: float, direction: str = "grea
     raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
   n = summary.get("n", 0)
   if n < min_seeds or summary.get("ci95") is None:
-    return f"{INCONCLUSIVE} ({n} seed{'s' if n != 1 else ''})"
+    return f"{INCONCLUSIVE} ({n} {unit}{'s' if n != 1 else ''})"
   lo, hi = summary["ci95"]
   if direction == "less":
     lo, hi, threshold = -hi, -lo, -threshold

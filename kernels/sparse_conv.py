@@ -185,18 +185,27 @@ def _finish(acc, bias, relu, n, n_tiles, tile, wo, co, ho, acc_dtype, out_dtype)
   return out.astype(out_dtype)
 
 
-def _direct_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
-  """The fast forward pass: per tile, per output channel, a loop over its own nonzeros."""
-  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+def _slot_groups(x, w, strides, padding, row_tile, slot_group):
+  """What both forward passes share: the tiled input, and each output channel's nonzero slots
+  (values, rows, cols, channels) padded to a multiple of the slot group `g` (padded slots have
+  value 0, so they add nothing)."""
   xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype = _tiled_input(
     x, w, strides, padding, row_tile)
-  n = x.shape[0]
   co, k = w.values.shape
   g = max(1, min(int(slot_group), k))
   kp = -(-k // g) * g
   padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
   vals = padk(jnp.where(w.valid, w.values, 0).astype(acc_dtype))
   rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
+  return xtiles, vals, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype, co, g, kp
+
+
+def _direct_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
+  """The fast forward pass: per tile, per output channel, a loop over its own nonzeros."""
+  out_dtype = jnp.result_type(x.dtype, w.values.dtype)
+  n = x.shape[0]
+  (xtiles, vals, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype, co, g,
+   kp) = _slot_groups(x, w, strides, padding, row_tile, slot_group)
   trips = (w.nnz.astype(jnp.int32) + g - 1) // g  # per output channel
 
   def one_tile(xb):
@@ -223,15 +232,9 @@ def _gather_forward(x, w, bias, strides, padding, relu, row_tile, slot_group):
   shifted windows and accumulates them times `v[o, k]`; `slot_group` slots per loop iteration.
   """
   out_dtype = jnp.result_type(x.dtype, w.values.dtype)
-  xtiles, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype = _tiled_input(
-    x, w, strides, padding, row_tile)
   n = x.shape[0]
-  co, k = w.values.shape
-  g = max(1, min(int(slot_group), k))
-  kp = -(-k // g) * g
-  padk = lambda a: jnp.pad(a, ((0, 0), (0, kp - k)))
-  vals = padk(jnp.where(w.valid, w.values, 0).astype(acc_dtype))
-  rows, cols, chans = (padk(a).astype(jnp.int32) for a in (rows, cols, chans))
+  (xtiles, vals, rows, cols, chans, ho, wo, tile, n_tiles, acc_dtype, co, g,
+   kp) = _slot_groups(x, w, strides, padding, row_tile, slot_group)
 
   def window(xb, ch, r, c):
     return lax.dynamic_slice(xb, (ch, r, c, jnp.zeros((), jnp.int32)), (1, tile, wo, n))[0]

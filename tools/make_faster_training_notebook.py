@@ -1,6 +1,7 @@
-"""Writes colabs/faster_training.ipynb: the dynamic downsampling and FFNet notebook (cells as reviewable Python)."""
+"""Writes colabs/faster_training.ipynb: the dynamic downsampling and FFNet notebook
+(cells as reviewable Python)."""
 
-from nbcommon import code, md, write
+from nbcommon import code, md, setup_cell, write
 
 cells = [
     md(
@@ -12,11 +13,8 @@ cells = [
         "* **FFNet** (Ibrahim, Abbott, Hussein 2017): a fast-forward branch sends each stage's input past its main path, which keeps the gradients of the early layers large.\n"
         '\n'
         'Set `FASTNETS_SMOKE=1` to run every cell in seconds (the notebook test does); numbers are then meaningless.'),
-    code(
-        'import os, sys\n'
-        "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-        'sys.path.insert(0, REPO)\n'
-        "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n"
+    setup_cell(
+        'import os, sys',
         'import jax, jax.numpy as jnp, numpy as np\n'
         'import matplotlib.pyplot as plt\n'
         'from fastnets import data, models, ops, nn as fnn\n'

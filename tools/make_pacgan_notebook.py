@@ -1,6 +1,6 @@
 """Writes colabs/pacgan.ipynb: the PacGAN notebook (cells as reviewable Python)."""
 
-from nbcommon import code, md, write
+from nbcommon import code, md, setup_cell, write
 
 cells = [
     md(
@@ -9,11 +9,8 @@ cells = [
         'Lin, Khetan, Fanti, Oh (NeurIPS 2018): let the discriminator judge *m* samples at once. Here we train a plain GAN and PacGAN2 on the 2-D ring (8 Gaussians on the unit circle, std 0.01) for a few minutes on a CPU, and plot their samples over the true modes.\n'
         '\n'
         '**Install.** From a checkout: `pip install -e .` (on Colab: clone, `%cd` into the repository, `%pip install -e .`). `FASTNETS_SMOKE=1` runs every cell in seconds (the notebook test does).'),
-    code(
-        'import os, sys\n'
-        "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-        'sys.path.insert(0, REPO)\n'
-        "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n"
+    setup_cell(
+        'import os, sys',
         'import jax, jax.numpy as jnp, numpy as np\n'
         'import matplotlib.pyplot as plt\n'
         'from fastnets import ops\n'

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fastnets.data.datasets import BUNDLED_MNIST, load_dataset
+
 SYNTHETIC_SETS = ("ring", "grid")
 RING_STD = 0.01
 GRID_STD = 0.05
@@ -177,8 +179,7 @@ def make_stacked_mnist(seed: int = 0, num_examples: int = 128_000, dataset=None,
   if split not in ("train", "validation"):
     raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
   if dataset is None:
-    from fastnets.data.datasets import load_dataset
-    dataset = load_dataset("mnist_bundled")
+    dataset = load_dataset(BUNDLED_MNIST)
   source = getattr(dataset, split)
   digits, labels = source.get(np.arange(len(source)))
   if digits.ndim != 4 or digits.shape[-1] != 1:

@@ -31,8 +31,13 @@ import numpy as np
 import optax
 from flax import struct
 
+from fastnets import data as data_lib
+from fastnets.models.pacgan import digit_classifier
 from fastnets.ops import gan as gan_ops
 from fastnets.ops import packing as packing_ops
+from fastnets.train.checkpoint import Checkpointer, WorkdirMismatchError
+from fastnets.train.config import TrainConfig
+from fastnets.train.loop import NonFiniteLossError, fit
 
 RealSampler = Callable[[jax.Array, Any, int], jax.Array]
 
@@ -310,9 +315,6 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
     fastnets.train.WorkdirMismatchError: `workdir` holds a run with another label, chunk size or
       replica count.
   """
-  from fastnets.train.checkpoint import Checkpointer, WorkdirMismatchError
-  from fastnets.train.loop import NonFiniteLossError
-
   if num_steps < 0 or chunk_size < 1:
     raise ValueError(f"num_steps must be >= 0 and chunk_size >= 1, got {num_steps}, {chunk_size}.")
   if checkpoint_every < 0 or (checkpoint_every and not workdir):
@@ -373,19 +375,16 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
 
 
 def train_digit_classifier(steps: int = 400, seed: int = 0, workdir: Optional[str] = None,
-                           verbose: bool = False):
-  """Trains the stacked-MNIST mode labeller: `SmallCNN` on the bundled MNIST with `fit`.
+                           verbose: bool = False, dataset: str = data_lib.BUNDLED_MNIST,
+                           data_dir: Optional[str] = None):
+  """Trains the stacked-MNIST mode labeller: `SmallCNN` on a digit dataset (default the bundled
+  MNIST; any name `fastnets.data.load_dataset` takes) with `fit`.
 
   Returns:
     (model, variables, dataset, val_accuracy): `variables` = {"params": ..., **model_state}
     for `model.apply(variables, x, train=False)`; `dataset` gives the normalisation.
   """
-  from fastnets import data as data_lib
-  from fastnets.models.pacgan import digit_classifier
-  from fastnets.train.config import TrainConfig
-  from fastnets.train.loop import fit
-
-  dataset = data_lib.load_dataset("mnist_bundled")
+  dataset = data_lib.load_dataset(dataset, data_dir=data_dir)
   model = digit_classifier()
   config = TrainConfig(steps=steps, batch_size=128, learning_rate=1e-3, seed=seed,
                        log_every=max(steps // 4, 1),

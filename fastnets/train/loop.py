@@ -100,6 +100,14 @@ class TensorBoardWriter:
       self._writer.close()
 
 
+def progress_printer(verbose: bool) -> Callable[[str], None]:
+  """Where a training loop's progress lines go: printed (flushed) on process 0 when `verbose`,
+  dropped otherwise."""
+  if verbose and jax.process_index() == 0:
+    return lambda msg: print(msg, flush=True)
+  return lambda msg: None
+
+
 def evaluate(model: nn.Module, state: TrainState, dataset: Dataset, batch_size: int,
              mesh: Optional[jax.sharding.Mesh] = None, split: str = "validation",
              eval_step=None) -> dict:
@@ -177,8 +185,7 @@ def fit(model: nn.Module,
   mesh = mesh or shd.make_mesh()
   n_devices = mesh.devices.size
   shd.check_batch_size(config.batch_size, mesh)
-  say = (lambda msg: print(msg, flush=True)) if verbose and jax.process_index() == 0 else (
-      lambda msg: None)
+  say = progress_printer(verbose)
 
   if step_variants is None:
     step_variants = {"default": loss_fn or classification_loss(model, config.label_smoothing)}

@@ -46,7 +46,7 @@ import optax
 from fastnets.data import Dataset, eval_batches, train_batches
 from fastnets.train import sharding as shd
 from fastnets.train.config import TrainConfig
-from fastnets.train.loop import NonFiniteLossError, TensorBoardWriter, eval_totals
+from fastnets.train.loop import NonFiniteLossError, TensorBoardWriter, eval_totals, progress_printer
 from fastnets.train.optim import make_optimizer
 from fastnets.train.steps import (
   LossFn,
@@ -277,8 +277,7 @@ def fit_seeds(model: nn.Module,
   mesh = mesh or shd.make_mesh()
   n_devices = mesh.devices.size
   shd.check_batch_size(config.batch_size, mesh)
-  say = (lambda msg: print(msg, flush=True)) if verbose and jax.process_index() == 0 else (
-      lambda msg: None)
+  say = progress_printer(verbose)
 
   loss_fn = loss_fn or classification_loss(model, config.label_smoothing)
   tx = make_optimizer(config)
