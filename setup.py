@@ -28,6 +28,7 @@ EXTRAS = {
         "pytest-xdist>=3.5",
         "hypothesis>=6.100",
         "scipy>=1.11",
+        "mpmath>=1.3",
         "nbformat>=5.9",
         "nbclient>=0.10",
         "ipykernel>=6.29",
