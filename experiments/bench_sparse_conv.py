@@ -367,10 +367,7 @@ def _plot(rows, path):
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   axes.flat[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path)
 
 
 def run(config: dict) -> dict:
@@ -396,8 +393,7 @@ def run(config: dict) -> dict:
   extra = {}
   if config["workdir"]:
     os.makedirs(config["workdir"], exist_ok=True)
-    with open(os.path.join(config["workdir"], "table.md"), "w") as f:
-      f.write(table + "\n")
+    common.write_text_atomic(os.path.join(config["workdir"], "table.md"), table + "\n")
     extra["plot"] = _plot(rows, os.path.join(config["workdir"], "speedup.png"))
   print(table)
   return common.write_results(config["workdir"] or None, NAME, config, metrics, PAPER, timer(),

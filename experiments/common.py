@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import time
 from typing import Any, Mapping, Optional
 
@@ -59,11 +60,7 @@ def write_results(workdir: Optional[str], experiment: str, config: Mapping[str, 
   }
   if workdir is not None and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "results.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(record, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)  # Never leave a half-written results.json.
+    write_json_atomic(os.path.join(workdir, "results.json"), record)
   return record
 
 
@@ -92,7 +89,9 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
 
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=dpi)
+  tmp = path + ".tmp"
+  fig.savefig(tmp, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+  os.replace(tmp, path)  # A reader never sees half a plot.
   plt.close(fig)
   return path
 
@@ -116,24 +115,157 @@ class Timer:
     return time.time() - self.start
 
 
-def define_flags(defaults: Mapping[str, Any]) -> None:
-  """Defines one absl flag per config key, typed by its default (None defaults are strings)."""
+# Where a command-line run writes when no --workdir is given: never inside the checkout.
+RUNS_ROOT_ENV = "FASTNETS_RUNS"
+EXPERIMENT_RECORD = "experiment.json"
+# Config keys that may differ between runs sharing a workdir: where the files go, and how often
+# progress is printed, change nothing that is computed.
+NON_IDENTITY_KEYS = ("workdir", "log_every")
+
+
+def default_workdir(experiment: str) -> str:
+  """`$FASTNETS_RUNS/<experiment>`, else `~/fastnets_runs/<experiment>`: outside any checkout."""
+  root = os.environ.get(RUNS_ROOT_ENV) or os.path.join(os.path.expanduser("~"), "fastnets_runs")
+  return os.path.join(root, experiment)
+
+
+def claim_workdir(workdir: Optional[str], experiment: str, config: Mapping[str, Any],
+                  overwrite: bool = False) -> None:
+  """Records `{experiment, config}` in `workdir/experiment.json`, or refuses a workdir whose record
+  differs, so that results of one configuration are never replaced by another's.
+
+  Called before anything runs (`run_experiment`, the report), whether or not the experiment
+  checkpoints. A rerun of the same configuration is allowed (it resumes or redoes the same work),
+  and so is any configuration in a workdir that holds nothing but the record (a run that failed
+  before writing anything).
+
+  Raises:
+    WorkdirMismatchError: the record names another experiment or other values; the message lists
+      the differing keys and the two fixes (another --workdir, or --overwrite).
+  """
+  from fastnets.train import WorkdirMismatchError
+
+  if not workdir:
+    return
+  path = os.path.join(workdir, EXPERIMENT_RECORD)
+  norm = lambda v: json.loads(json.dumps(v, sort_keys=True, default=str))
+  record = {"experiment": experiment, "config": norm(dict(config))}
+  holds_output = os.path.isdir(workdir) and set(os.listdir(workdir)) - {EXPERIMENT_RECORD}
+  if os.path.exists(path) and holds_output and not overwrite:
+    with open(path) as f:
+      old = json.load(f)
+    old_config = old.get("config", {})
+    diffs = [] if old.get("experiment") == experiment else [
+        f"experiment: {old.get('experiment')!r} -> {experiment!r}"]
+    diffs += [f"{k}: {old_config.get(k, '<absent>')!r} -> {record['config'].get(k, '<absent>')!r}"
+              for k in sorted(set(old_config) | set(record["config"]))
+              if k not in NON_IDENTITY_KEYS and old_config.get(k) != record["config"].get(k)]
+    if diffs:
+      raise WorkdirMismatchError(
+          f"workdir {workdir} holds results of a different run ({'; '.join(diffs)}); nothing "
+          "was changed. Use another --workdir, or pass --overwrite to replace them.")
+  os.makedirs(workdir, exist_ok=True)
+  write_json_atomic(path, record)
+
+
+def write_json_atomic(path: str, obj: Any) -> str:
+  """Writes `obj` as JSON to `path` through a temporary file and a rename (never half-written)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+  return path
+
+
+def write_text_atomic(path: str, text: str) -> str:
+  """Writes `text` to `path` through a temporary file and a rename (never half-written)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path
+
+
+def run_experiment(module, config: Mapping[str, Any], overwrite: bool = False) -> dict:
+  """`module.run(config)` after `claim_workdir`: the entry point of the CLI and of the report."""
+  config = merge_config(module.DEFAULTS, config)
+  claim_workdir(config.get("workdir") or None, module.NAME, config, overwrite)
+  return module.run(config)
+
+
+def _attribute_docs(doc: str) -> dict:
+  """`{name: text}` from the `Attributes:`/`Args:` section of a Google-style docstring."""
+  out, name, section = {}, None, False
+  for line in (doc or "").splitlines():
+    stripped = line.strip()
+    if stripped in ("Attributes:", "Args:"):
+      section = True
+      continue
+    if not section:
+      continue
+    if not stripped:
+      break
+    match = re.match(r"(\w+): (.*)", stripped)
+    if match and line.startswith("    ") and not line.startswith("      "):
+      name = match.group(1)
+      out[name] = match.group(2)
+    elif name:
+      out[name] += " " + stripped
+  return out
+
+
+def _train_help() -> dict:
+  from fastnets.train import TrainConfig
+  helps = _attribute_docs(TrainConfig.__doc__)
+  helps.update(
+      workdir=("where results.json, plots and checkpoints go (default: $FASTNETS_RUNS/<name> or "
+               "~/fastnets_runs/<name>); a workdir of another configuration is refused"),
+      dataset=('"mnist_bundled" (offline), "idx:/path" (MNIST-format IDX files), or a '
+               'tensorflow-datasets name such as "mnist", "cifar10"'),
+      data_dir="tensorflow-datasets data directory (empty: tfds' default)",
+      model=("a registered model name (fastnets.models.model_names(); a depth may follow "
+             "resnet, e.g. resnet32)"),
+      seeds="how many of the evaluation seeds (fastnets.evidence.EVAL_SEEDS), from the first")
+  return helps
+
+
+def _train_choices() -> dict:
+  from fastnets.train import OPTIMIZERS, SCHEDULES
+  return {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": ("none", "crop_flip")}
+
+
+def define_flags(defaults: Mapping[str, Any], helps: Optional[Mapping[str, str]] = None,
+                 choices: Optional[Mapping[str, tuple]] = None,
+                 module_name: Optional[str] = None) -> None:
+  """Defines one absl flag per config key, typed by its default (None defaults are strings).
+
+  Args:
+    defaults: the config dict.
+    helps: help text per key (the training keys' come from `TrainConfig`'s documentation).
+    choices: allowed values per string key (an enum flag: a wrong value fails at parse time).
+    module_name: the module `--help` lists the flags under (the main script).
+  """
   from absl import flags
 
+  helps = {**_train_help(), **(helps or {})}
+  choices = {**_train_choices(), **(choices or {})}
   for name, default in defaults.items():
     if name in flags.FLAGS:
       continue
-    helptext = f"config value {name} (default {default!r})"
+    helptext = helps.get(name, f"{name.replace('_', ' ')} (see the experiment's docstring)")
+    kwargs = {"module_name": module_name} if module_name else {}
     if isinstance(default, bool):
-      flags.DEFINE_bool(name, default, helptext)
+      flags.DEFINE_bool(name, default, helptext, **kwargs)
     elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, helptext)
+      flags.DEFINE_integer(name, default, helptext, **kwargs)
     elif isinstance(default, float):
-      flags.DEFINE_float(name, default, helptext)
+      flags.DEFINE_float(name, default, helptext, **kwargs)
     elif isinstance(default, (list, tuple)):
-      flags.DEFINE_list(name, [str(v) for v in default], helptext)
+      flags.DEFINE_list(name, [str(v) for v in default], helptext, **kwargs)
+    elif name in choices and isinstance(default, str):
+      flags.DEFINE_enum(name, default, list(choices[name]), helptext, **kwargs)
     else:
-      flags.DEFINE_string(name, default, helptext)
+      flags.DEFINE_string(name, default, helptext, **kwargs)
 
 
 def config_from_flags(defaults: Mapping[str, Any]) -> dict:
@@ -149,15 +281,70 @@ def config_from_flags(defaults: Mapping[str, Any]) -> dict:
   return config
 
 
+# What a user can get wrong (a value, a name, a workdir, missing data): one line, exit status 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError)
+USAGE_EXIT = 2
+
+
+def did_you_mean(value: str, known) -> str:
+  """' (did you mean "x"?)' for the closest of `known` to `value`, else ''."""
+  import difflib
+  close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1)
+  return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def parse_flags_or_exit(argv: list) -> list:
+  """absl's flag parsing, with a bad flag reported in one line (plus a "did you mean") and exit
+  status 2 instead of absl's usage dump."""
+  import sys
+
+  from absl import flags
+
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+    hint = ""  # absl suggests close names of unknown flags itself.
+    bad = re.match(r"flag --(\w+)=(\S*): value should be one of <([^>]*)>", message)
+    if bad:
+      hint = did_you_mean(bad.group(2), bad.group(3).split("|"))
+    print(f"{os.path.basename(argv[0])}: error: {message}{hint}. (--help lists the flags.)",
+          file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+def exit_on_user_error(fn, debug: bool):
+  """Calls `fn()`; a user error (USER_ERRORS) is printed as one line and exits with status 2,
+  unless `debug`, which re-raises it with its traceback."""
+  import sys
+
+  try:
+    return fn()
+  except USER_ERRORS as e:
+    if debug:
+      raise
+    print(f"error: {type(e).__name__}: {e} (--debug shows the traceback)", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
 def main(module) -> None:
-  """The `__main__` of an experiment module: flags from DEFAULTS, `--quick` and `--smoke`
-  switch to the module's QUICK / SMOKE overrides (explicit flags still win), then `run`."""
+  """The `__main__` of an experiment module: flags from DEFAULTS (help from the module's `HELP`,
+  choices from its `CHOICES`), `--quick` and `--smoke` switch to the module's QUICK / SMOKE
+  overrides (explicit flags still win), the workdir is claimed (`claim_workdir`), then `run`."""
+  import sys
+
   from absl import app, flags
 
-  define_flags(module.DEFAULTS)
-  flags.DEFINE_bool("quick", False, "use the experiment's quick setting (the report's)")
-  flags.DEFINE_bool("smoke", False, "use the experiment's tiny smoke-test setting")
-  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
+  main_name = sys.argv[0]
+  define_flags(module.DEFAULTS, getattr(module, "HELP", None), getattr(module, "CHOICES", None),
+               module_name=main_name)
+  for name, default, text in (
+      ("quick", False, "use the experiment's quick setting (the report's)"),
+      ("smoke", False, "use the experiment's tiny smoke-test setting (numbers meaningless)"),
+      ("overwrite", False, "replace the results of a different configuration in --workdir"),
+      ("debug", False, "show the traceback of a user error instead of one line"),
+      ("distributed", False, "call jax.distributed.initialize() (multi-host)")):
+    flags.DEFINE_bool(name, default, text, module_name=main_name)
 
   def _main(argv):
     del argv
@@ -172,10 +359,15 @@ def main(module) -> None:
       config = merge_config(config, getattr(module, "SMOKE", {}), explicit)
     elif flags.FLAGS.quick:
       config = merge_config(config, getattr(module, "QUICK", {}), explicit)
-    results = module.run(config)
+    if "workdir" in module.DEFAULTS and not flags.FLAGS["workdir"].present:
+      config["workdir"] = default_workdir(module.NAME)
+      print(f"writing to {config['workdir']} (--workdir to choose)", file=sys.stderr)
+    results = exit_on_user_error(
+        lambda: run_experiment(module, config, overwrite=flags.FLAGS.overwrite),
+        flags.FLAGS.debug)
     print(json.dumps(results.get("metrics", {}), indent=2, default=str))
 
-  app.run(_main)
+  app.run(_main, flags_parser=parse_flags_or_exit)
 
 
 def train_config(config: Mapping[str, Any]):

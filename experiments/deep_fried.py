@@ -62,7 +62,7 @@ import optax
 from experiments import common
 from fastnets import data, evidence, train
 from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
-from fastnets.nn.fastfood import FASTFOOD_CONSTANTS
+from fastnets.nn.fastfood import FASTFOOD_CONSTANTS, scale_fastfood_updates
 
 NAME = "deep_fried"
 DEFAULTS = {
@@ -111,7 +111,6 @@ PAPER = {
     "target": "fastnets issue 4: quick MNIST, adaptive Fastfood within 0.5 points of the dense "
               "net's accuracy with at least 10x fewer parameters in the replaced layers",
 }
-_FASTFOOD_DIAGONALS = ("S", "G", "B")
 LR_MULT_NOTE = ("fixed at 30, about sqrt(800) = 28, the ratio of the dense weights' scale "
                 "(1/sqrt(fan_in)) to the diagonals' (about 1): an argument, not a sweep. An "
                 "earlier "
@@ -142,23 +141,6 @@ def _build(variant: str, config: dict, num_classes: int) -> DeepFriedConvnet:
                           channels=tuple(int(c) for c in config["channels"]),
                           kernel_size=int(config["kernel_size"]),
                           dropout_rate=float(config["dropout_rate"]))
-
-
-def scale_fastfood_updates(mult: float) -> optax.GradientTransformation:
-  """Multiplies the updates of the Fastfood diagonals (`fc_*/{S,G,B}`) by `mult`, others kept."""
-
-  def update_fn(updates, params=None):
-    del params
-
-    def scale(path, u):
-      names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-      hit = (any(isinstance(n, str) and n.startswith("fc_") for n in names)
-             and names[-1] in _FASTFOOD_DIAGONALS)
-      return u * mult if hit else u
-
-    return jax.tree_util.tree_map_with_path(scale, updates)
-
-  return optax.stateless(update_fn)
 
 
 def _count(tree) -> int:

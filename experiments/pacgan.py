@@ -253,11 +253,7 @@ def _plot_samples(path: str, dataset, samples_by_variant: dict) -> str:
     ax.title.set_fontsize(9)
   axes[0][0].legend(loc="lower left", fontsize=7)
   fig.suptitle(f"2-D {dataset.name}: samples of the first seed over the true modes")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return common.save_figure(fig, path, dpi=100)
 
 
 def _run_synthetic(config: dict, timer) -> dict:
@@ -289,11 +285,11 @@ def _run_synthetic(config: dict, timer) -> dict:
   plots = {}
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-      f.write(f"PacGAN Table 1: ours ({config['steps']} steps, {config['seeds']} seeds, G "
-              f"hidden {config['gen_hidden']}, D {config['disc_hidden']}x"
-              f"{config['disc_pieces']} maxout, lr {config['learning_rate']}) / paper.\n\n"
-              + table + "\n")
+    common.write_text_atomic(
+        os.path.join(workdir, "table.md"),
+        f"PacGAN Table 1: ours ({config['steps']} steps, {config['seeds']} seeds, G hidden "
+        f"{config['gen_hidden']}, D {config['disc_hidden']}x{config['disc_pieces']} maxout, lr "
+        f"{config['learning_rate']}) / paper.\n\n" + table + "\n")
     for d in datasets:
       plots[f"samples_{d.name}"] = _plot_samples(os.path.join(workdir, f"samples_{d.name}.png"),
                                                  d, first_seed[d.name])

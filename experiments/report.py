@@ -24,6 +24,7 @@ import jax
 
 from experiments import common
 from fastnets import evidence
+from fastnets.train import WorkdirMismatchError
 
 # In report order: the baseline, one entry per technique, then the benchmarks.
 EXPERIMENTS = [
@@ -153,11 +154,7 @@ def write_results_doc(report_path: str, doc_path: str, command: str) -> str:
     out_lines.append(line)
   header = ["<!-- Generated: do not edit by hand. -->",
             f"_Written by `{command}`; rerun it to regenerate this file._", ""]
-  tmp = doc_path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(header + out_lines) + "\n")
-  os.replace(tmp, doc_path)
-  return doc_path
+  return common.write_text_atomic(doc_path, "\n".join(header + out_lines) + "\n")
 
 
 def reusable_results(path: str, config: dict):
@@ -173,12 +170,15 @@ def reusable_results(path: str, config: dict):
   return results if same and "error" not in results else None
 
 
-def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False) -> dict:
+def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
+            overwrite: bool = False) -> dict:
   """Runs the experiments (quick or smoke settings) and writes workdir/report.md and report.json.
 
   With `reuse`, an experiment whose workdir already holds a results.json of exactly the same
   configuration is not rerun: its results are read back, and its section says so with the date
-  they were written (timings then come from that earlier run).
+  they were written (timings then come from that earlier run). Every experiment's workdir is
+  claimed before anything runs (`common.claim_workdir`): one holding results of another
+  configuration stops the report at once, unless `overwrite`.
 
   Returns {"report": path, "results": {name: results or {"error": ...}}, "failed": [names],
   "rows": [...], "counts": summary counts, "reused": [names]}.
@@ -188,14 +188,25 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False) -
   if unknown:
     raise ValueError(f"unknown experiments {unknown}; known: {EXPERIMENTS}.")
   os.makedirs(workdir, exist_ok=True)
+  modules = {name: importlib.import_module(f"experiments.{name}") for name in names}
+  configs = {name: common.merge_config(m.DEFAULTS, getattr(m, "SMOKE" if smoke else "QUICK", {}),
+                                       {"workdir": os.path.join(workdir, name)})
+             for name, m in modules.items()}
+  mismatched = []
+  for name, config in configs.items():
+    try:
+      common.claim_workdir(config["workdir"], name, config, overwrite)
+    except WorkdirMismatchError as e:
+      mismatched.append(f"{name}: {e}")
+  if mismatched:
+    raise WorkdirMismatchError(
+        "the report's workdir holds results of other configurations (nothing was run or "
+        "changed):\n  " + "\n  ".join(mismatched))
   start = time.time()
   all_results, rows, sections, failed, reused = {}, [], [], [], []
   done_expected = 0.0
   for index, name in enumerate(names):
-    module = importlib.import_module(f"experiments.{name}")
-    overrides = getattr(module, "SMOKE" if smoke else "QUICK", {})
-    config = common.merge_config(module.DEFAULTS, overrides,
-                                 {"workdir": os.path.join(workdir, name)})
+    module, config = modules[name], configs[name]
     print(progress_line(index, names, time.time() - start, done_expected), flush=True)
     t0 = time.time()
     try:
@@ -241,13 +252,11 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False) -
                f"{', '.join(reused)}.", ""]
   text = render(rows, sections, header)
   path = os.path.join(workdir, "report.md")
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  common.write_text_atomic(path, text)
   counts = evidence.summary_counts(rows)
-  with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump({"rows": rows, "failed": failed, "counts": counts, "reused": reused,
-               "wall_time_s": time.time() - start}, f, indent=2, default=str)
+  common.write_json_atomic(os.path.join(workdir, "report.json"),
+                           {"rows": rows, "failed": failed, "counts": counts, "reused": reused,
+                            "wall_time_s": time.time() - start})
   print(f"wrote {path} ({_minutes(time.time() - start)} in all)", flush=True)
   return {"report": path, "results": all_results, "failed": failed, "rows": rows,
           "counts": counts, "reused": reused}
@@ -258,7 +267,9 @@ def main(argv):
   from absl import flags, logging
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  out = run_all(flags.FLAGS.workdir, flags.FLAGS.only, flags.FLAGS.smoke, flags.FLAGS.reuse)
+  out = common.exit_on_user_error(
+      lambda: run_all(flags.FLAGS.workdir, flags.FLAGS.only, flags.FLAGS.smoke,
+                      flags.FLAGS.reuse, flags.FLAGS.overwrite), flags.FLAGS.debug)
   if flags.FLAGS.results_doc:
     command = ("python -m experiments.report --workdir=runs/report "
                + ("--reuse " if flags.FLAGS.reuse else "")
@@ -278,4 +289,7 @@ if __name__ == "__main__":
                     "exactly the same configuration; the report says which were reused")
   flags.DEFINE_string("results_doc", "", "also write the report to this path (docs/RESULTS.md), "
                       "with its plots copied into results/ beside it")
-  app.run(main)
+  flags.DEFINE_bool("overwrite", False, "replace results of other configurations in the "
+                    "experiments' workdirs (without it, the report refuses them)")
+  flags.DEFINE_bool("debug", False, "show the traceback of a user error instead of one line")
+  app.run(main, flags_parser=common.parse_flags_or_exit)

@@ -373,8 +373,7 @@ def run(config: dict) -> dict:
   plots = {}
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "sparsity_report.txt"), "w") as f:
-      f.write(report_text + "\n")
+    common.write_text_atomic(os.path.join(workdir, "sparsity_report.txt"), report_text + "\n")
     plots["curves"] = _plot(dense_res["history"] if dense_res else None, pruned_res["history"],
                             schedule,
                             int(config["steps"]), os.path.join(workdir, "curves.png"),

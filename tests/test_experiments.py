@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from experiments import common, report
-from fastnets import evidence
+from fastnets import evidence, train
 from tests.conftest import REPO
 
 REQUIRED_KEYS = {"experiment", "config", "metrics", "paper", "wall_time_s", "devices",
@@ -63,3 +63,45 @@ def test_baseline_cli_on_four_devices(tmp_path):
   assert results["devices"]["count"] == 4 and results["devices_used"] == 4
   assert {"val_accuracy", "train_loss"} <= set(results["metrics"])
   assert (tmp_path / "curves.png").exists() and (tmp_path / "tb").is_dir()
+
+
+@pytest.mark.parametrize("name", report.EXPERIMENTS)
+def test_workdir_of_another_configuration_is_refused(name, tmp_path, monkeypatch):
+  """Results are never replaced by a run of another configuration, checkpointing or not."""
+  module = importlib.import_module(f"experiments.{name}")
+  config = common.merge_config(module.DEFAULTS, module.SMOKE, {"workdir": str(tmp_path)})
+  common.claim_workdir(str(tmp_path), name, config)
+  (tmp_path / "results.json").write_text("{}")  # The first run's output.
+  key = next(k for k in config if k not in common.NON_IDENTITY_KEYS)
+  changed = {**config, key: "changed"}
+  ran = []
+  monkeypatch.setattr(module, "run", lambda c: ran.append(c))
+  with pytest.raises(train.WorkdirMismatchError, match=f"{key}: .*--overwrite"):
+    common.run_experiment(module, changed)
+  assert not ran and (tmp_path / "results.json").read_text() == "{}"
+  common.run_experiment(module, config)  # The same configuration again is allowed ...
+  common.run_experiment(module, changed, overwrite=True)  # ... and so is an explicit overwrite.
+  assert len(ran) == 2
+
+
+def test_report_refuses_before_running_anything(tmp_path):
+  common.claim_workdir(str(tmp_path / "baseline"), "baseline", {"steps": 1})
+  (tmp_path / "baseline" / "results.json").write_text("{}")
+  with pytest.raises(train.WorkdirMismatchError, match="baseline: .*steps"):
+    report.run_all(str(tmp_path), only=["bench_rounding", "baseline"], smoke=True)
+  assert not (tmp_path / "bench_rounding" / "results.json").exists()
+
+
+def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
+  def cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.baseline", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+  bad_flag = cli("--optimizer=adm", f"--workdir={tmp_path}")
+  assert bad_flag.returncode == 2 and 'did you mean "adam"' in bad_flag.stderr
+  bad_value = cli("--model=resnt", "--smoke", f"--workdir={tmp_path}")
+  assert bad_value.returncode == 2, bad_value.stderr[-2000:]
+  assert "Traceback" not in bad_value.stderr and 'Did you mean "resnet"' in bad_value.stderr
+  helptext = cli("--help").stdout
+  assert "--learning_rate: peak learning rate" in helptext and "<sgd|momentum|" in helptext

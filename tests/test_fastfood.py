@@ -231,3 +231,56 @@ def test_deep_fried_convnet_trains_a_few_steps():
     updates, state = step(params, state)
     params = optax.apply_updates(params, updates)
   assert float(loss(params)) < first
+
+
+class _TwoFastfood(nn.Module):
+  constants_seed: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = fnn.FastfoodDense(20, constants_seed=self.constants_seed, name="adaptive")(x)
+    return fnn.FastfoodDense(5, adaptive=False, constants_seed=self.constants_seed,
+                             name="fixed")(x)
+
+
+def test_constants_seed_gives_the_plain_flax_idiom():
+  x = jax.random.normal(jax.random.key(1), (3, 12))
+  model = _TwoFastfood(constants_seed=7)
+  variables = model.init(jax.random.key(0), x)
+  assert list(variables) == ["params"]  # No constants collection to carry around.
+  params = variables["params"]
+  y = model.apply({"params": params}, x)
+  np.testing.assert_array_equal(y, model.apply({"params": params}, x))
+  # The seed decides the constants: another seed, another function of the same params.
+  other = _TwoFastfood(constants_seed=8).apply({"params": params}, x)
+  assert not np.allclose(y, other)
+  # Two layers of one model draw different permutations (their paths differ).
+  grads = jax.grad(lambda p: model.apply({"params": p}, x).sum())(params)
+  assert set(grads["adaptive"]) == {"S", "G", "B", "bias"} and set(grads["fixed"]) == {"bias"}
+
+
+def test_missing_constants_collection_is_a_clear_error():
+  x = jnp.ones((2, 12))
+  model = _TwoFastfood()
+  variables = model.init(jax.random.key(0), x)
+  model.apply(variables, x)  # Every collection passed: fine.
+  with pytest.raises(ValueError, match="'fastfood_constants' collection is missing"):
+    model.apply({"params": variables["params"]}, x)
+  with pytest.raises(ValueError, match="constants_seed must be None or an int"):
+    _TwoFastfood(constants_seed=1.5).init(jax.random.key(0), x)
+
+
+def test_scale_fastfood_updates_scales_only_the_diagonals():
+  x = jnp.ones((2, 12))
+  params = _TwoFastfood().init(jax.random.key(0), x)["params"]
+  params = {**params, "other": {"S": jnp.ones(3)}}  # An S without G and B is no Fastfood layer.
+  tx = optax.chain(optax.sgd(1.0), fnn.scale_fastfood_updates(10.0))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  first = jax.tree.map(lambda u: float(u.ravel()[0]), updates)
+  assert first["adaptive"] == {"S": -10.0, "G": -10.0, "B": -10.0, "bias": -1.0}
+  assert first["fixed"] == {"bias": -1.0} and first["other"] == {"S": -1.0}
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+  for bad in (0.0, -1.0, float("nan"), "2", True):
+    with pytest.raises(ValueError, match="mult must be a positive finite number"):
+      fnn.scale_fastfood_updates(bad)

@@ -11,6 +11,7 @@ path cannot read them by accident.
 """
 
 import dataclasses
+import difflib
 import hashlib
 import importlib.resources
 import os
@@ -320,8 +321,12 @@ def load_tfds(name: str, data_dir: Optional[str] = None, train_split: str = "tra
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
+    known = [BUNDLED_MNIST, *tfds.list_builders(with_community_datasets=False)]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f' Did you mean "{close[0]}"?' if close else ""
     raise DatasetError(f"unknown dataset {name!r}: tfds does not know it (use the bundled "
-                       f"{BUNDLED_MNIST!r}, 'idx:/path/to/dir' or a tfds catalog name).") from e
+                       f"{BUNDLED_MNIST!r}, 'idx:/path/to/dir' or a tfds catalog name).{hint}"
+                       ) from e
   if validation_split is None and "validation" in builder.info.splits:
     validation_split = "validation"
   arrays = {}

@@ -1,5 +1,6 @@
 """Whole networks, and a registry so experiments pick them by name (`--model=resnet20`)."""
 
+import difflib
 import re
 from typing import Any, Callable
 
@@ -71,8 +72,10 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     return _REGISTRY[name](num_classes, **overrides)
   if base in _REGISTRY and depth is not None:
     return _REGISTRY[base](num_classes, depth=int(depth), **overrides)
+  close = difflib.get_close_matches(str(name), model_names(), n=1)
+  hint = f' Did you mean "{close[0]}"?' if close else ""
   raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())} "
-                   "(a depth may follow resnet, e.g. resnet32).")
+                   f"(a depth may follow resnet, e.g. resnet32).{hint}")
 
 
 register_model("cnn", lambda num_classes, **kw: SmallCNN(num_classes=num_classes, **kw))

@@ -7,7 +7,7 @@ from fastnets.nn.reversible import (  # noqa: F401
 
 # Fastfood layers (Yang et al. 2015).
 from fastnets.nn.fastfood import (  # noqa: F401
-    FASTFOOD_CONSTANTS, FastfoodDense,
+    FASTFOOD_CONSTANTS, FASTFOOD_DIAGONALS, FastfoodDense, scale_fastfood_updates,
 )
 
 # Limited precision: quantized layers (Gupta et al. 2015; Wang et al. 2018).
@@ -52,7 +52,8 @@ __all__ = [
     "pack_binary_variables", "PackedBinaryKernel",
     "CovariancePooling", "GMSOP",
     "BTGRUCell", "BTLinear", "BTLSTMCell", "conv_kernel_prunable", "DenseGRUCell",
-    "DenseLSTMCell", "downsampled_apply", "FASTFOOD_CONSTANTS", "FastfoodDense",
+    "DenseLSTMCell", "downsampled_apply", "FASTFOOD_CONSTANTS", "FASTFOOD_DIAGONALS",
+    "FastfoodDense", "scale_fastfood_updates",
     "model_conv_flops", "Packed", "packed", "pooled_kernels", "quantized",
     "quantized_layer_kind", "resolve_target", "RevBlock", "ReversibleStack", "sparse_apply",
     "sparse_convs", "sparsify_variables", "stacked_orthogonal", "TTGRUCell", "TTLinear",

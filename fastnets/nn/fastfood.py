@@ -8,19 +8,24 @@ a fully connected layer `y = W x + b` is replaced by stacked Fastfood blocks
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+import zlib
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from fastnets.ops.fastfood import fastfood_permutations, fastfood_scaling_init, fastfood_transform
 from fastnets.ops.hadamard import next_power_of_two, pad_to_power_of_two
 
-__all__ = ["FASTFOOD_CONSTANTS", "FastfoodDense"]
+__all__ = ["FASTFOOD_CONSTANTS", "FASTFOOD_DIAGONALS", "FastfoodDense",
+           "scale_fastfood_updates"]
 
 # Variable collection of the fixed (non-trained) parts of Fastfood layers.
 FASTFOOD_CONSTANTS = "fastfood_constants"
+# The learned diagonals of an adaptive layer: its `params` leaves of these names.
+FASTFOOD_DIAGONALS = ("S", "G", "B")
 
 
 class FastfoodDense(nn.Module):
@@ -40,8 +45,17 @@ class FastfoodDense(nn.Module):
       `jax.grad` with respect to `params` never sees them. Only the bias (if any) is trained.
     Keep the collection with the model state and pass it back in `apply`
     (`model.apply({"params": p, "fastfood_constants": c}, x)`); `fastnets.train` keeps every
-    non-"params" collection in `TrainState.model_state` and does so.
+    non-"params" collection in `TrainState.model_state` and does so. To use the plain Flax idiom
+    (`model.apply({"params": params}, x)`) instead, set `constants_seed`: the constants are then
+    no variables at all but trace-time constants drawn from that seed and the layer's path in the
+    model (distinct per layer, identical on every call). Applying a layer without its constants
+    and without `constants_seed` raises an error that says so.
     `bias` `(features,)` is a param in both cases.
+
+  Training the adaptive diagonals: with Adam at the learning rate of the rest of a network, the
+  S, G, B updates are too small to move them (Deep Fried Convnets trains them at a larger rate);
+  chain `scale_fastfood_updates(mult)` after the optimizer (fastnets' deep_fried experiment
+  tunes `mult` on the validation split).
 
   Parameter count: `3 * n_blocks * d` (+ `features` for the bias) when adaptive, against
   `in_features * features` for `nn.Dense`: O(n) instead of O(n d).
@@ -60,6 +74,8 @@ class FastfoodDense(nn.Module):
     dtype: computation dtype (default: result type of inputs and parameters).
     param_dtype: dtype of S, G, B and bias.
     impl: Hadamard implementation for `fastnets.ops.fwht` ("auto", "xla", "pallas").
+    constants_seed: None (constants live in the `"fastfood_constants"` collection, drawn from the
+      "params" rng at init) or an int (trace-time constants from this seed: no collection).
   """
   features: int
   adaptive: bool = True
@@ -69,6 +85,7 @@ class FastfoodDense(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   impl: str = "auto"
+  constants_seed: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -105,19 +122,35 @@ class FastfoodDense(nn.Module):
     def init_s(key, g):  # S depends on the drawn G (row lengths ~ chi_d / ||G_j||)
       return fastfood_scaling_init(key, g, scale=scale, dtype=pdt)
 
-    # Constants are drawn once, at init, from the "params" rng (the lambdas run only when the
-    # variable does not exist yet).
-    perm = self.variable(FASTFOOD_CONSTANTS, "perm",
-                         lambda: fastfood_permutations(self.make_rng("params"), n_blocks, d)).value
+    if self.constants_seed is not None:
+      if isinstance(self.constants_seed, bool) or not isinstance(self.constants_seed, int):
+        raise ValueError("FastfoodDense: constants_seed must be None or an int, got "
+                         f"{self.constants_seed!r}")
+      # The layer's path makes two layers of one model draw different constants.
+      path_hash = zlib.crc32("/".join(self.scope.path).encode())
+      const_key = jax.random.fold_in(jax.random.key(self.constants_seed), path_hash)
+      keys = iter(jax.random.split(const_key, 4))
+      constant = lambda name, init: init(next(keys))
+    else:
+      if not self.is_initializing() and not self.has_variable(FASTFOOD_CONSTANTS, "perm"):
+        raise ValueError(
+            f"FastfoodDense at {'/'.join(self.scope.path) or '<root>'}: the "
+            f"{FASTFOOD_CONSTANTS!r} collection is missing. Pass every collection init "
+            "returned, `model.apply(variables, x)` (not only {'params': ...}), or build the "
+            "layer with constants_seed=<int> to make its constants trace-time constants.")
+      # Drawn once, at init, from the "params" rng (the lambdas run only when the variable does
+      # not exist yet).
+      constant = lambda name, init: self.variable(
+          FASTFOOD_CONSTANTS, name, lambda: init(self.make_rng("params"))).value
+    perm = constant("perm", lambda key: fastfood_permutations(key, n_blocks, d))
     if self.adaptive:
       b = self.param("B", init_b)
       g = self.param("G", init_g)
       s = self.param("S", init_s, g)
     else:
-      b = self.variable(FASTFOOD_CONSTANTS, "B", lambda: init_b(self.make_rng("params"))).value
-      g = self.variable(FASTFOOD_CONSTANTS, "G", lambda: init_g(self.make_rng("params"))).value
-      s = self.variable(FASTFOOD_CONSTANTS, "S",
-                        lambda: init_s(self.make_rng("params"), g)).value
+      b = constant("B", init_b)
+      g = constant("G", init_g)
+      s = constant("S", lambda key: init_s(key, g))
     for name, v in (("S", s), ("G", g), ("B", b), ("perm", perm)):
       if v.shape != shape:
         raise ValueError(f"FastfoodDense: variable {name} has shape {v.shape}, expected {shape} "
@@ -130,3 +163,40 @@ class FastfoodDense(nn.Module):
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = y + jnp.asarray(bias, y.dtype)
     return y
+
+
+def scale_fastfood_updates(mult: float) -> optax.GradientTransformation:
+  """An optax transformation that multiplies the updates of Fastfood diagonals by `mult`.
+
+  Chain it after the optimizer, `optax.chain(optax.adam(lr), scale_fastfood_updates(30.0))`: the
+  adaptive layer's S, G and B (any dict of `params` holding all three of `FASTFOOD_DIAGONALS`, as
+  `FastfoodDense` does) then train at `mult` times the learning rate, everything else at the rate
+  given. Deep Fried Convnets (Yang et al. 2015) trains the diagonals at their own rate; with Adam a
+  larger one is needed for them to move at all.
+
+  Args:
+    mult: positive finite multiplier.
+
+  Raises:
+    ValueError: `mult` not positive and finite.
+  """
+  if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not math.isfinite(mult) \
+      or mult <= 0:
+    raise ValueError(f"scale_fastfood_updates: mult must be a positive finite number, got {mult!r}")
+
+  def key_name(k):
+    return getattr(k, "key", getattr(k, "name", None))
+
+  def update_fn(updates, params=None):
+    del params
+    leaves = jax.tree_util.tree_leaves_with_path(updates)
+    names = {tuple(key_name(k) for k in path) for path, _ in leaves}
+    # A layer: a parent path holding a leaf of every diagonal name.
+    parents = {n[:-1] for n in names if n[-1] in FASTFOOD_DIAGONALS}
+    layers = {p for p in parents if all(p + (d,) in names for d in FASTFOOD_DIAGONALS)}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * mult if (tuple(map(key_name, path[:-1])) in layers
+                                     and key_name(path[-1]) in FASTFOOD_DIAGONALS) else u,
+        updates)
+
+  return optax.stateless(update_fn)
