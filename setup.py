@@ -1,7 +1,9 @@
 """fastnets: a JAX research codebase for efficient deep networks.
 
-`kernels/` lives at the top of the repository (see docs/ARCHITECTURE.md) and is installed as the
-subpackage `fastnets.kernels` through `package_dir`.
+`kernels/` and `experiments/` live at the top of the repository (see docs/ARCHITECTURE.md) and are
+installed as the subpackages `fastnets.kernels` and `fastnets.experiments` through `package_dir`:
+after `pip install .`, `python -m fastnets.experiments.<name>` runs from any directory, and
+`python -m experiments.<name>` keeps working inside the checkout.
 """
 
 import os
@@ -46,8 +48,9 @@ setuptools.setup(
                       if os.path.exists("README.md") else ""),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["fastnets", "fastnets.*"]) + ["fastnets.kernels"],
-    package_dir={"fastnets.kernels": "kernels"},
+    packages=(setuptools.find_packages(include=["fastnets", "fastnets.*"])
+              + ["fastnets.kernels", "fastnets.experiments"]),
+    package_dir={"fastnets.kernels": "kernels", "fastnets.experiments": "experiments"},
     package_data={"fastnets.data": ["files/*.gz"], "fastnets.kernels": ["csrc/*.cc"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, data, evidence, models, ops
 from fastnets import nn as fnn
+
+from . import common
 
 NAME = "abc_net"
 BASES = (1, 2, 3, 5)

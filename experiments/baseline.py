@@ -26,8 +26,9 @@ import sys
 import jax
 import numpy as np
 
-from experiments import common
 from fastnets import data, evidence, models, train
+
+from . import common
 
 NAME = "baseline"
 DEFAULTS = {**{k: v for k, v in common.TRAIN_DEFAULTS.items()

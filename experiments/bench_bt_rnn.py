@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import common
 from fastnets import benchmarking, evidence
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
 from fastnets.ops import losses, tensor_formats
+
+from . import common
 
 NAME = "bench_bt_rnn"
 # Input factorisations per input dimension (784 = 28 x 28 frames split as rows/columns).

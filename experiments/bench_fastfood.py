@@ -41,13 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, evidence
 from fastnets.kernels import hadamard as khad
 from fastnets.kernels import native
 from fastnets.nn.fastfood import FastfoodDense
 from fastnets.ops import hadamard as had
 from fastnets.ops.hadamard import fwht, hadamard_matrix
+
+from . import common
 
 NAME = "bench_fastfood"
 DEFAULTS = {

@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, evidence
 from fastnets.ops.reversible import reversible_sequence
+
+from . import common
 
 NAME = "bench_reversible"
 METHODS = {"plain": "store", "checkpoint": "checkpoint", "reversible": "reversible"}

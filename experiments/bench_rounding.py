@@ -42,8 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, evidence, ops
+
+from . import common
 
 NAME = "bench_rounding"
 DEFAULTS = {

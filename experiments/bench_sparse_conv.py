@@ -44,9 +44,10 @@ import numpy as np
 from jax import lax
 from jax.experimental import sparse as jsparse
 
-from experiments import common
 from fastnets import benchmarking, evidence, ops
 from fastnets import nn as fnn
+
+from . import common
 
 NAME = "bench_sparse_conv"
 DN = ("NHWC", "HWIO", "NHWC")

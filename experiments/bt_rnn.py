@@ -118,10 +118,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import data, evidence, train
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
 from fastnets.ops import tensor_formats
+
+from . import common
 
 NAME = "bt_rnn"
 TASKS = ("mode", "sum_mod10")

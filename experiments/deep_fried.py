@@ -59,10 +59,11 @@ import jax
 import numpy as np
 import optax
 
-from experiments import common
 from fastnets import data, evidence, train
 from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
 from fastnets.nn.fastfood import FASTFOOD_CONSTANTS, scale_fastfood_updates
+
+from . import common
 
 NAME = "deep_fried"
 DEFAULTS = {

@@ -45,10 +45,11 @@ import time
 import jax
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, data, evidence, models, train
 from fastnets import nn as fnn
 from fastnets.train import downsampling
+
+from . import common
 
 NAME = "dynamic_downsampling"
 DEFAULTS = {

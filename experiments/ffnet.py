@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from experiments import common
 from fastnets import data, evidence, models, train
+
+from . import common
 
 NAME = "ffnet"
 DEFAULTS = {

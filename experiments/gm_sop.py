@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, data, evidence, models, train
+
+from . import common
 
 NAME = "gm_sop"
 HEADS = ("gap", "covariance", "gm_sop")

@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, data, evidence, ops
+
+from . import common
 
 NAME = "ktanh"
 ACTIVATIONS = ("tanh", "ktanh")

@@ -66,10 +66,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from experiments import common
 from fastnets import data, evidence, ops, train
 from fastnets import nn as fnn
 from fastnets.ops import FP8_E5M2, FP16_WANG, FixedPoint, QuantConfig
+
+from . import common
 
 NAME = "low_precision"
 DEFAULTS = {

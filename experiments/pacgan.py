@@ -51,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import evidence
 from fastnets.data import synthetic
 from fastnets.models import pacgan as pacgan_models
@@ -59,6 +58,8 @@ from fastnets.nn.packing import Packed
 from fastnets.ops import gan_metrics
 from fastnets.train import gan as gan_train
 from fastnets.train.checkpoint import check_or_record_run_config
+
+from . import common
 
 NAME = "pacgan"
 

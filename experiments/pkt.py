@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import data, evidence, models, ops, train
+
+from . import common
 
 NAME = "pkt"
 ARMS = ("student", "kd", "pkt", "pkt_kd", "pkt_handcrafted")

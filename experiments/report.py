@@ -22,9 +22,10 @@ import traceback
 
 import jax
 
-from experiments import common
 from fastnets import evidence
 from fastnets.train import WorkdirMismatchError
+
+from . import common
 
 # In report order: the baseline, one entry per technique, then the benchmarks.
 EXPERIMENTS = [
@@ -188,7 +189,7 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
   if unknown:
     raise ValueError(f"unknown experiments {unknown}; known: {EXPERIMENTS}.")
   os.makedirs(workdir, exist_ok=True)
-  modules = {name: importlib.import_module(f"experiments.{name}") for name in names}
+  modules = {name: importlib.import_module(f"{__package__}.{name}") for name in names}
   configs = {name: common.merge_config(m.DEFAULTS, getattr(m, "SMOKE" if smoke else "QUICK", {}),
                                        {"workdir": os.path.join(workdir, name)})
              for name, m in modules.items()}

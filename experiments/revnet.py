@@ -72,9 +72,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from fastnets import benchmarking, data, evidence, models, train
 from fastnets.models.revnet import RESNET_BASELINES, REVNET_CONFIGS
+
+from . import common
 
 NAME = "revnet"
 DEFAULTS = {

@@ -49,10 +49,11 @@ from flax.linen.linear import canonicalize_padding
 from jax import lax
 from jax.experimental import sparse as jsparse
 
-from experiments import common
 from fastnets import benchmarking, data, evidence, models, ops
 from fastnets import nn as fnn
 from fastnets.ops.pruning import path_to_str
+
+from . import common
 
 NAME = "sparse_inference"
 DN = ("NHWC", "HWIO", "NHWC")

@@ -109,7 +109,7 @@ cells = [
         "on this task (88.0% vs 94.8%): the issue's accuracy target is not met on MNIST frames, "
         "see the docstring of `experiments/bt_rnn.py`."),
     code(
-        "from experiments import bt_rnn\n"
+        "from fastnets.experiments import bt_rnn\n"
         "config = {**bt_rnn.QUICK, 'workdir': '', 'models': ['lstm', 'bt_lstm_r4_c2'],\n"
         "          'seeds': [0], 'steps': 300, 'eval_every': 50}\n"
         "if SMOKE:\n"

@@ -51,7 +51,7 @@ cells = [
         '## The time / accuracy trade-off\n'
         '`experiments.dynamic_downsampling.run` trains the ResNet with and without downsampled batches for the same number of optimizer steps (the schedules: every k-th batch, with probability p, or the first fraction of training, optionally followed by full-size steps only). The quick setting: 1,500 steps of batch 32 on the bundled MNIST, schedules `phase:0.25` and `every:4`, five seeds. The accuracy change (test split) is paired by seed (same initialisation and batches); the report judges the measured training time of the paired runs, and the estimate from the interleaved full and downsampled step times is printed beside it.'),
     code(
-        'from experiments import dynamic_downsampling as dds, common\n'
+        'from fastnets.experiments import dynamic_downsampling as dds, common\n'
         "cfg = dict(dds.SMOKE if SMOKE else dds.QUICK, workdir='')\n"
         'res = dds.run(cfg)\n'
         "m = res['metrics']\n"
@@ -71,7 +71,7 @@ cells = [
         '## FFNet: gradient norms of the early layers\n'
         'The released FFNet and the same net without fast-forward branches; the gradient norm of each main-path conv at initialisation, against depth.'),
     code(
-        'from experiments import ffnet as ffx\n'
+        'from fastnets.experiments import ffnet as ffx\n'
         'features, stages = (4, 2) if SMOKE else (16, 6)\n'
         "batch = {'image': x, 'label': jnp.asarray(ds.train.labels[:8])}\n"
         "for name, fast_forward in (('ffnet', True), ('ablation', False)):\n"

@@ -33,7 +33,7 @@ cells = [
        "import matplotlib.pyplot as plt\n"
        "from fastnets import data, ops\n"
        "from fastnets import nn as fnn\n"
-       "from experiments.deep_fried import scale_fastfood_updates  # scales fc_*/{S,G,B} updates\n"
+       "from fastnets.nn import scale_fastfood_updates  # scales the S, G, B updates\n"
        "print('jax', jax.__version__, '|', jax.devices(), '| smoke' if SMOKE else '')"),
 
   md("## 1. The Walsh-Hadamard transform\n\n"

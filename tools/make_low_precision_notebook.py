@@ -102,7 +102,7 @@ cells = [
         "0.01. The full grid (FL 8, 10, 12, 14 and FP8) is `python -m experiments.low_precision "
         "--quick`."),
     code(
-        "from experiments import low_precision\n"
+        "from fastnets.experiments import low_precision\n"
         "config = {'workdir': '', 'dataset': 'mnist_bundled', 'model': 'mlp', 'features': [100, 100],\n"
         "          'fraction_bits': [8], 'fp8': False, 'verbose': False, 'seeds': [0],\n"
         "          'steps': 3 if SMOKE else 1000, 'batch_size': 20 if SMOKE else 100,\n"

@@ -28,7 +28,7 @@ cells = [
     md("## Train the baseline\n`experiments.baseline.run` is what "
                              "`python -m experiments.baseline` calls."),
     code(
-        "from experiments import baseline, common\n"
+        "from fastnets.experiments import baseline, common\n"
         "config = {'workdir': '', 'steps': 3 if SMOKE else 300, 'batch_size': 32 if SMOKE else 128,\n"
         "          'log_every': 1 if SMOKE else 50}\n"
         "results = baseline.run(config)\n"

@@ -81,7 +81,7 @@ cells = [
      "(`backprop='store'`: every block's activations kept), `jax.checkpoint` per block under the "
      "same `lax.scan`, and the reversible backward pass. Its quick setting (depths 8-64) takes "
      "about a minute on a CPU."),
-  code("from experiments import bench_reversible, common\n"
+  code("from fastnets.experiments import bench_reversible, common\n"
        "bench_dir = tempfile.mkdtemp(prefix='bench_reversible_')\n"
        "overrides = bench_reversible.SMOKE if SMOKE else bench_reversible.QUICK\n"
        "bench = bench_reversible.run(common.merge_config(bench_reversible.DEFAULTS, overrides,\n"

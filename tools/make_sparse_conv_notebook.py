@@ -91,7 +91,7 @@ cells = [
      "im2col + BCOO matmul (the cuSPARSE-like path) and the direct sparse path. Medians of "
      "interleaved rounds after warm-up; ratios > 1 mean faster than dense. "
      "`python -m experiments.bench_sparse_conv --quick` runs the full benchmark."),
-  code("from experiments import bench_sparse_conv\n"
+  code("from fastnets.experiments import bench_sparse_conv\n"
        "bench_config = {'workdir': '', 'networks': ['resnet50'], 'layers': ['conv2_x_3x3'],\n"
        "                'end_to_end': False, 'batch': 1 if SMOKE else 2,\n"
        "                'sparsities': [0.9] if SMOKE else [0.5, 0.8, 0.9, 0.95],\n"

@@ -13,9 +13,18 @@ code = nbf.v4.new_code_cell
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PREAMBLE = (
-    "# Make the repository's experiments/ importable when the notebook runs from colabs/.\n"
-    "REPO = os.path.abspath('..') if os.path.isdir('../experiments') else os.path.abspath('.')\n"
-    "sys.path.insert(0, REPO)\n"
+    "# Install fastnets where it is missing (a fresh Colab runtime): from the checkout this\n"
+    "# notebook sits in, else from FASTNETS_SOURCE (a pip source: the repository's git URL as\n"
+    "# 'git+https://...', or a path to a checkout).\n"
+    "try:\n"
+    "  import fastnets\n"
+    "except ImportError:\n"
+    "  import subprocess\n"
+    "  source = '..' if os.path.exists('../setup.py') else os.environ.get('FASTNETS_SOURCE')\n"
+    "  if not source:\n"
+    "    raise RuntimeError('fastnets is not installed: set FASTNETS_SOURCE to the repository '\n"
+    "                       '(git+https://... or a path) and rerun this cell.')\n"
+    "  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', source], check=True)\n"
     "SMOKE = os.environ.get('FASTNETS_SMOKE') == '1'\n")
 
 
