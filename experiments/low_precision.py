@@ -446,7 +446,8 @@ def run(config: dict) -> dict:
       model = _net(config, dataset.num_classes, kernel_formats=recipe.kernel_formats(num_layers),
                    eval_select=recipe.eval_select)
       wrapper = functools.partial(ops.low_precision_updates, fmt=recipe.param_format,
-                                  mode=update_mode, key=seed + 1 + i, rng=config["rng"])
+                                  mode=update_mode, key=jax.random.key(seed + 1 + i),
+                                  rng=config["rng"])
       result = _fit(model, dataset, seed_config, f"{name}_seed{seed}",
                     loss_fn=make_loss_fn(model, recipe), tx_wrapper=wrapper)
       record(name, result, seed, recipe)

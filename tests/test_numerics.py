@@ -350,7 +350,7 @@ def test_straight_through_gradients():
   w = jnp.arange(17.0)
   for f in (lambda x: ops.round_nearest(x, FP8_E4M3),
             lambda x: ops.stochastic_round(jax.random.key(0), x, FixedPoint(2, 2)),
-            lambda x: ops.quantize(x, FP8_E5M2, "stochastic", jax.random.key(1))):
+            lambda x: ops.quantize(x, FP8_E5M2, "stochastic", key=jax.random.key(1))):
     g = jax.grad(lambda x: jnp.sum(f(x) * w))(x)
     np.testing.assert_array_equal(g, w)
     _, t = jax.jvp(f, (x,), (w,))
@@ -364,7 +364,7 @@ def test_quantize_grad_rounds_the_cotangent():
   np.testing.assert_array_equal(y, x)
   np.testing.assert_array_equal(vjp(g)[0], ops.round_nearest(g, FP8_E5M2))
   key = jax.random.key(5)
-  _, vjp = jax.vjp(lambda x: ops.quantize_grad(x, FixedPoint(2, 4), "stochastic", key), x)
+  _, vjp = jax.vjp(lambda x: ops.quantize_grad(x, FixedPoint(2, 4), "stochastic", key=key), x)
   gq = np.asarray(vjp(g)[0])
   lo = ref_round(np.asarray(g), FixedPoint(2, 4), "down")
   hi = ref_round(np.asarray(g), FixedPoint(2, 4), "up")
@@ -404,7 +404,7 @@ def test_to_native_and_tree():
   out = ops.quantize_tree(tree, lambda path, leaf: None if path[-1].key == "b" else FP8_E5M2)
   np.testing.assert_array_equal(out["w"], ops.round_nearest(tree["w"], FP8_E5M2))
   assert out["b"] is tree["b"] and out["step"] is tree["step"]
-  out = ops.quantize_tree(tree, FixedPoint(2, 2), "stochastic", jax.random.key(0))
+  out = ops.quantize_tree(tree, FixedPoint(2, 2), "stochastic", key=jax.random.key(0))
   assert set(np.unique(np.asarray(out["w"]))) <= {0.0, 0.25}
 
 

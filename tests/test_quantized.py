@@ -281,7 +281,8 @@ def _regression(steps, tx_fn, fmt, lr=0.05, seed=0):
 
 def test_low_precision_updates_keep_params_representable_and_learn():
   fmt = FixedPoint(2, 8)
-  wrap = functools.partial(ops.low_precision_updates, fmt=fmt, mode="stochastic", key=0)
+  wrap = functools.partial(ops.low_precision_updates, fmt=fmt, mode="stochastic",
+                           key=jax.random.key(0))
   params, state, history = _regression(60, wrap, fmt)
   for p in history:
     for leaf in jax.tree.leaves(p):
@@ -297,7 +298,8 @@ def test_nearest_rounds_small_updates_away_stochastic_does_not():
   """Gupta's finding in miniature: updates below half a grid step vanish with round-to-nearest."""
   fmt = FixedPoint(4, 6)  # step 1/64; lr 1e-3 makes every update smaller than 1/128
   near = functools.partial(ops.low_precision_updates, fmt=fmt, mode="nearest")
-  sto = functools.partial(ops.low_precision_updates, fmt=fmt, mode="stochastic", key=1)
+  sto = functools.partial(ops.low_precision_updates, fmt=fmt, mode="stochastic",
+                          key=jax.random.key(1))
   p_near, _, _ = _regression(150, near, fmt, lr=1e-3)
   p_sto, _, _ = _regression(150, sto, fmt, lr=1e-3)
   p_f32, _, _ = _regression(150, lambda tx: tx, None, lr=1e-3)
@@ -310,11 +312,15 @@ def test_apply_updates_low_precision_and_bad_input():
   params = {"w": jnp.asarray([1.0, 0.0, -3.0]), "n": jnp.asarray([2.0])}
   updates = {"w": jnp.asarray([1e-4, 2.0 ** 20, 1e-9]), "n": jnp.asarray([0.1])}
   fmt = lambda path, leaf: None if path[-1].key == "n" else FP16_WANG
-  new = ops.apply_updates_low_precision(params, updates, fmt, jax.random.key(0))
+  new = ops.apply_updates_low_precision(params, updates, fmt, key=jax.random.key(0))
   assert bool(jnp.all(ops.is_representable(new["w"], FP16_WANG)))
   np.testing.assert_array_equal(new["n"], params["n"] + updates["n"])
   assert float(new["w"][1]) == 2.0 ** 20
-  tx = ops.round_to_format(FP16_WANG)
+  with pytest.raises(TypeError, match="jax.random.key"):  # A seed is not a key.
+    ops.round_to_format(FP16_WANG, key=0)
+  with pytest.raises(ValueError, match="needs a PRNG key"):
+    ops.round_to_format(FP16_WANG)
+  tx = ops.round_to_format(FP16_WANG, mode="nearest")
   with pytest.raises(ValueError, match="needs the current parameters"):
     tx.update(updates, tx.init(params))
   with pytest.raises(ValueError, match="needs a PRNG key"):

@@ -586,3 +586,19 @@ def test_bad_module_and_model_configurations():
   with pytest.raises(ValueError, match="even"):
     revnet_lib.RevNet(filters=(8, 8, 8, 9), units=(1, 1, 1)).init(jax.random.key(0),
                                                                    jnp.ones((1, 8, 8, 1)))
+
+
+def test_closure_over_a_differentiated_value_is_a_clear_error():
+  params = (jnp.full((3, 2), 0.3), jnp.full((3, 2), 0.3))  # tanh far from saturation
+  x = jnp.ones((4, 4))
+
+  def loss(scale, params, backprop):
+    f = lambda p, h: jnp.tanh(h * p * scale)
+    return reversible_sequence(f, f, params, x, backprop=backprop).sum()
+
+  with pytest.raises(ValueError, match="closes over a value that is being differentiated.*params"):
+    jax.grad(loss)(2.0, params, "reversible")
+  # A closure over a constant, or a differentiated value in the store mode, is fine.
+  np.testing.assert_allclose(jax.grad(loss, 1)(2.0, params, "reversible")[0],
+                             jax.grad(loss, 1)(2.0, params, "store")[0], rtol=1e-4, atol=1e-6)
+  assert np.isfinite(jax.grad(loss)(2.0, params, "store"))

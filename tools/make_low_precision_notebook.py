@@ -87,7 +87,7 @@ cells = [
         "steps = 200 if SMOKE else 10_000\n"
         "def accumulate(mode):\n"
         "    def body(i, w):\n"
-        "        return ops.quantize(w + 1e-4, FP16_WANG, mode, jax.random.fold_in(jax.random.key(2), i))\n"
+        "        return ops.quantize(w + 1e-4, FP16_WANG, mode, key=jax.random.fold_in(jax.random.key(2), i))\n"
         "    return jax.jit(lambda: jax.lax.fori_loop(0, steps, body, jnp.ones((1000,), jnp.float32)))()\n"
         "near, sto = accumulate('nearest'), accumulate('stochastic')\n"
         "print(f'after {steps} updates of 1e-4: exact {1 + steps * 1e-4:.4f}, nearest {float(near.mean()):.4f}, '\n"

@@ -328,10 +328,12 @@ def _quantize_operands(lhs, rhs, config, keys):
   c = config
   fwd_key = lambda k: k if c.mode == "stochastic" else None
   grad_key = lambda k: k if c.grad_mode == "stochastic" else None
-  lhs = numerics.quantize(lhs, c.activations, c.mode, fwd_key(keys[0]), rng=c.rng)
-  lhs = numerics.quantize_grad(lhs, c.gradients, c.grad_mode, grad_key(keys[1]), rng=c.rng)
-  rhs = numerics.quantize(rhs, c.weights, c.mode, fwd_key(keys[2]), rng=c.rng)
-  rhs = numerics.quantize_grad(rhs, c.gradients, c.grad_mode, grad_key(keys[3]), rng=c.rng)
+  lhs = numerics.quantize(lhs, c.activations, c.mode, key=fwd_key(keys[0]), rng=c.rng)
+  lhs = numerics.quantize_grad(lhs, c.gradients, c.grad_mode, key=grad_key(keys[1]),
+                                  rng=c.rng)
+  rhs = numerics.quantize(rhs, c.weights, c.mode, key=fwd_key(keys[2]), rng=c.rng)
+  rhs = numerics.quantize_grad(rhs, c.gradients, c.grad_mode, key=grad_key(keys[3]),
+                                  rng=c.rng)
   return lhs, rhs
 
 
@@ -365,7 +367,8 @@ def quantized_dot_general(config: QuantConfig, key: jax.Array | None = None):
                               preferred_element_type=preferred_element_type,
                               acc_fmt=config.accumulation, chunk=config.chunk)
     key4 = keys[4] if config.grad_mode == "stochastic" else None
-    return numerics.quantize_grad(y, config.gradients, config.grad_mode, key4, rng=config.rng)
+    return numerics.quantize_grad(y, config.gradients, config.grad_mode, key=key4,
+                                  rng=config.rng)
 
   dot_general._fastnets_quantized = True
   return dot_general
@@ -395,7 +398,8 @@ def quantized_conv_general_dilated(config: QuantConfig, key: jax.Array | None = 
           feature_group_count, batch_group_count, preferred_element_type=preferred_element_type,
           acc_fmt=config.accumulation, chunk=config.chunk)
     key4 = keys[4] if config.grad_mode == "stochastic" else None
-    return numerics.quantize_grad(y, config.gradients, config.grad_mode, key4, rng=config.rng)
+    return numerics.quantize_grad(y, config.gradients, config.grad_mode, key=key4,
+                                  rng=config.rng)
 
   conv_general_dilated._fastnets_quantized = True
   return conv_general_dilated
@@ -408,12 +412,6 @@ def quantized_conv_general_dilated(config: QuantConfig, key: jax.Array | None = 
 class RoundToFormatState(NamedTuple):
   """State of `round_to_format`: the step counter (the step's key is fold_in(key, count))."""
   count: jax.Array  # int32 scalar
-
-
-def _as_key(key: Any, fn: str) -> jax.Array:
-  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-    return jax.random.key(int(key))
-  return check_key(key, fn, purpose="stochastic rounding")
 
 
 def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
@@ -438,7 +436,7 @@ def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
   return treedef.unflatten(new_p), treedef.unflatten(new_u)
 
 
-def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: int | jax.Array = 0,
+def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: jax.Array | None = None,
                     rng: str = "hash") -> optax.GradientTransformation:
   """Optax transformation making the next parameters representable: u -> Q(p + u) - p.
 
@@ -461,8 +459,9 @@ def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: int | jax
     fmt: one format for every parameter, or a callable (key_path, leaf) -> format or None (None
       leaves that parameter in float32, e.g. Wang's first and last layers in 16 bits).
     mode: "stochastic" (default) or "nearest".
-    key: int seed or PRNG key; step t uses fold_in(key, t) (the counter is in the state, so a
-      restored checkpoint continues the same random stream).
+    key: PRNG key (`jax.random.key(seed)`), needed by mode="stochastic"; step t uses
+      fold_in(key, t) (the counter is in the state, so a restored checkpoint continues the same
+      random stream).
     rng: "hash" or "jax" random bits.
 
   Returns:
@@ -473,7 +472,8 @@ def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: int | jax
   """
   check_choice("mode", mode, numerics.ROUNDING_MODES, "round_to_format")
   check_choice("rng", rng, numerics.RNG_SOURCES, "round_to_format")
-  base_key = _as_key(key, "round_to_format")
+  base_key = (check_key(key, "round_to_format", purpose="stochastic rounding")
+              if mode == "stochastic" else jax.random.key(0))  # "nearest" draws nothing.
   if not callable(fmt) or isinstance(fmt, (FixedPoint, FloatFormat)):
     numerics.leaf_format(fmt, (), jnp.zeros(()))  # validates now; a callable is checked per leaf
 
@@ -493,12 +493,12 @@ def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: int | jax
 
 
 def low_precision_updates(tx: optax.GradientTransformation, fmt: FormatSpec, *,
-                          mode: str = "stochastic", key: int | jax.Array = 0, rng: str = "hash"
-                          ) -> optax.GradientTransformationExtraArgs:
+                          mode: str = "stochastic", key: jax.Array | None = None,
+                          rng: str = "hash") -> optax.GradientTransformationExtraArgs:
   """Wraps an optimizer so the weights stay in `fmt`: `optax.chain(tx, round_to_format(...))`.
 
   Usage in a training loop (tx -> tx):
-    tx = low_precision_updates(optax.sgd(0.01), FixedPoint(2, 14), mode="stochastic", key=0)
+    tx = low_precision_updates(optax.sgd(0.01), FixedPoint(2, 14), key=jax.random.key(0))
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -511,9 +511,9 @@ def low_precision_updates(tx: optax.GradientTransformation, fmt: FormatSpec, *,
   return optax.chain(tx, round_to_format(fmt, mode=mode, key=key, rng=rng))
 
 
-def apply_updates_low_precision(params: Any, updates: Any, fmt: FormatSpec,
+def apply_updates_low_precision(params: Any, updates: Any, fmt: FormatSpec, *,
                                 key: jax.Array | None = None, mode: str = "stochastic",
-                                *, rng: str = "hash") -> Any:
+                                rng: str = "hash") -> Any:
   """Like `optax.apply_updates`, but returns Q(params + updates), exactly representable in fmt.
 
   Args:

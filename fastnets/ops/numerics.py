@@ -266,6 +266,9 @@ _NATIVE_DTYPES = (ml_dtypes.bfloat16, np.float16, ml_dtypes.float8_e4m3fn, ml_dt
                   np.float32)
 
 Format = Union[FixedPoint, FloatFormat]
+Format.__doc__ = """A number format of `fastnets.ops`: `FixedPoint` (Gupta et al. 2015's <IL, FL>)
+or `FloatFormat` (sign, exponent and mantissa bits: FP8, FP16, bfloat16, ...). Both are frozen,
+hashable dataclasses, usable as static arguments of `jax.jit`."""
 
 BFLOAT16 = FloatFormat(8, 7)
 FLOAT16 = FloatFormat(5, 10)
@@ -589,8 +592,8 @@ def _check_quant_args(x, fmt, mode, key, rng, fn):
   return x, key
 
 
-def quantize(x: jax.Array, fmt: Format | None, mode: str = "nearest", key: jax.Array | None = None,
-             *, rng: str = "hash") -> jax.Array:
+def quantize(x: jax.Array, fmt: Format | None, mode: str = "nearest", *,
+             key: jax.Array | None = None, rng: str = "hash") -> jax.Array:
   """Rounds x to fmt in the forward pass; straight-through gradient (identity, not rounded).
 
   Args:
@@ -632,8 +635,8 @@ def _quantize_grad_bwd(fmt, mode, rng, key, g):
 _quantize_grad.defvjp(_quantize_grad_fwd, _quantize_grad_bwd)
 
 
-def quantize_grad(x: jax.Array, fmt: Format | None, mode: str = "nearest",
-                  key: jax.Array | None = None, *, rng: str = "hash") -> jax.Array:
+def quantize_grad(x: jax.Array, fmt: Format | None, mode: str = "nearest", *,
+                  key: jax.Array | None = None, rng: str = "hash") -> jax.Array:
   """Identity in the forward pass; rounds the incoming cotangent (gradient) to fmt.
 
   Used to keep gradients (Wang's error and weight gradients, Gupta's gradients) in low precision:
@@ -660,6 +663,9 @@ def quantize_grad(x: jax.Array, fmt: Format | None, mode: str = "nearest",
 
 
 FormatSpec = Union[Format, None, Callable[[tuple, jax.Array], Union[Format, None]]]
+FormatSpec.__doc__ = """What a pytree function takes as its format: one `Format` for every float
+leaf, None (leave every leaf as it is), or a callable `(key_path, leaf) -> Format | None` choosing
+per leaf (e.g. Wang et al. 2018's first and last layers kept in 16 bits)."""
 
 
 def leaf_format(fmt_spec: FormatSpec, path: tuple, leaf: Any) -> Format | None:
@@ -679,8 +685,8 @@ def leaf_format(fmt_spec: FormatSpec, path: tuple, leaf: Any) -> Format | None:
   return fmt
 
 
-def quantize_tree(tree: Any, fmt: FormatSpec, mode: str = "nearest", key: jax.Array | None = None,
-                  *, rng: str = "hash") -> Any:
+def quantize_tree(tree: Any, fmt: FormatSpec, mode: str = "nearest", *,
+                  key: jax.Array | None = None, rng: str = "hash") -> Any:
   """Rounds every float leaf of a pytree (e.g. parameters) to its format.
 
   Args:
@@ -705,5 +711,5 @@ def quantize_tree(tree: Any, fmt: FormatSpec, mode: str = "nearest", key: jax.Ar
       out.append(leaf)
       continue
     leaf_key = jax.random.fold_in(key, i) if mode == "stochastic" else None
-    out.append(quantize(leaf, leaf_fmt, mode, leaf_key, rng=rng))
+    out.append(quantize(leaf, leaf_fmt, mode, key=leaf_key, rng=rng))
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -225,7 +225,18 @@ class _Spec:
     return (self.fs[0], self.gs[0]) if self.stacked else (self.fs[i], self.gs[i])
 
 
-def _make_spec(f, g, params, x, key, axis, has_aux, num_blocks, name="x", unroll=1) -> _Spec:
+def _differentiated_closure(fn, args) -> tuple[bool, Any]:
+  """(whether `fn(*args)` closes over a value that jax.grad / jax.jvp is differentiating, its
+  output shapes). Such a value is an autodiff tracer among the constants of fn's jaxpr; the
+  reversible backward pass, a custom_vjp, cannot send it a cotangent."""
+  jaxpr, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+  leaky = any(isinstance(c, jax.core.Tracer) and type(c).__module__.endswith("interpreters.ad")
+              for c in jaxpr.consts)
+  return leaky, out_shape
+
+
+def _make_spec(f, g, params, x, key, axis, has_aux, num_blocks, name="x", unroll=1,
+               backprop="store") -> _Spec:
   axis = _check_x(x, axis, name)
   if not (unroll is True or (type(unroll) is int and unroll >= 1)):
     raise ValueError(f"unroll must be a positive int or True, got {unroll!r}.")
@@ -259,11 +270,20 @@ def _make_spec(f, g, params, x, key, axis, has_aux, num_blocks, name="x", unroll
     fi, gi = spec.fg(i)
     kf, kg = jax.eval_shape(lambda k: _block_keys(k, i), key) if key is not None else (None, None)
     args_f = (fp, x2) if key is None else (fp, x2, kf)
-    out_f = jax.eval_shape(fi, *args_f)
-    _check_block_output(f"f (block {i})", out_f, x1, has_aux, "x1")
     args_g = (gp, x1) if key is None else (gp, x1, kg)
-    out_g = jax.eval_shape(gi, *args_g)
-    _check_block_output(f"g (block {i})", out_g, x2, has_aux, "x2 (G maps y1 to x2's shape)")
+    for role, fn, args, half, what in (("f", fi, args_f, x1, "x1"),
+                                       ("g", gi, args_g, x2, "x2 (G maps y1 to x2's shape)")):
+      if backprop == "reversible":
+        leaky, out = _differentiated_closure(fn, args)
+        if leaky:
+          raise ValueError(
+              f"{role} (block {i}) closes over a value that is being differentiated (a JAX "
+              "tracer of jax.grad/jax.jvp); the reversible backward pass cannot send it a "
+              f"gradient. Pass that value to {role} through its params instead of a closure, "
+              "or use backprop='store'.")
+      else:
+        out = jax.eval_shape(fn, *args)
+      _check_block_output(f"{role} (block {i})", out, half, has_aux, what)
   return spec
 
 
@@ -503,7 +523,8 @@ def reversible_sequence(
     TypeError: non-float x; F or G changing the dtype; a bad key.
   """
   _check_mode(backprop)
-  spec = _make_spec(f, g, params, x, key, axis, has_aux, num_blocks, unroll=unroll)
+  spec = _make_spec(f, g, params, x, key, axis, has_aux, num_blocks, unroll=unroll,
+                    backprop=backprop)
   if backprop == "reversible":
     y, aux = _reversible(spec, params, x, key)
   else:
