@@ -120,6 +120,9 @@ def check_key(key: Any, fn: str, *, purpose: str = "it", optional: bool = False)
                        "split it with jax.random.split and pass one key.")
     return key
   if dtype is not None and dtype == jnp.uint32 and getattr(key, "ndim", None) == 1:
+    if key.shape[0] < 2:  # No PRNG implementation has keys of fewer than two words.
+      raise ValueError(f"{fn}: a raw uint32 key has at least 2 words (jax.random.PRNGKey(seed) "
+                       f"has shape (2,)), got shape {key.shape}.")
     return key  # a raw key, e.g. jax.random.PRNGKey(0)
   desc = (f"an array of dtype {dtype} and shape {getattr(key, 'shape', None)}"
           if dtype is not None else type(key).__name__)

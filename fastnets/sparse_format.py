@@ -268,6 +268,9 @@ def stride_one_problem(x: jax.Array, w: SparseKernel, strides=(1, 1), padding: P
   kh, kw, ci, _ = w.kernel_shape
   n, h, wd, c = x.shape
   pads, (ho, wo) = conv_output_geometry((h, wd), (kh, kw), (sh, sw), padding)
+  # With one output row (column) the stride moves nothing; dropping it keeps the phase split from
+  # allocating stride^2 times the input for a stride far beyond the image.
+  sh, sw = (1 if ho == 1 else sh), (1 if wo == 1 else sw)
   khq, kwq = (kh - 1) // sh + 1, (kw - 1) // sw + 1
   hq, wq = ho + khq - 1, wo + kwq - 1
   # Pad, then pad or crop to exactly (s_h Hq, s_w Wq): rows beyond what valid taps read are unused.
@@ -284,6 +287,35 @@ def stride_one_problem(x: jax.Array, w: SparseKernel, strides=(1, 1), padding: P
   return xq, rows, cols, chans, (ho, wo), (khq, kwq)
 
 
+def check_sparse_kernel(w: SparseKernel) -> None:
+  """Raises ValueError naming the field when a (hand-built) SparseKernel is inconsistent: array
+  shapes that disagree with `kernel_shape`, and, for concrete arrays, coordinates outside the
+  kernel or counts outside [0, K] (the gathers would clamp them into wrong outputs)."""
+  kh, kw, ci, co = w.kernel_shape
+  o_k = tuple(w.values.shape)
+  if len(o_k) != 2 or o_k[0] != co:
+    raise ValueError(f"w.values must have shape (O, K) with O = {co} (kernel_shape "
+                     f"{w.kernel_shape}); got {o_k}.")
+  for name in ("rows", "cols", "chans"):
+    if tuple(getattr(w, name).shape) != o_k:
+      raise ValueError(f"w.{name} must have the shape of w.values {o_k}; got "
+                       f"{tuple(getattr(w, name).shape)}.")
+  if tuple(w.nnz.shape) != (co,):
+    raise ValueError(f"w.nnz must have shape ({co},); got {tuple(w.nnz.shape)}.")
+  fields = (w.rows, w.cols, w.chans, w.nnz)
+  if any(isinstance(a, jax.core.Tracer) for a in fields):
+    return  # Values are checked where they are concrete.
+  valid = np.arange(o_k[1])[None, :] < np.asarray(w.nnz)[:, None]
+  nnz = np.asarray(w.nnz)
+  if nnz.size and (nnz.min() < 0 or nnz.max() > o_k[1]):
+    raise ValueError(f"w.nnz must lie in [0, {o_k[1]}] (K slots); got [{nnz.min()}, {nnz.max()}].")
+  for name, limit in (("rows", kh), ("cols", kw), ("chans", ci)):
+    coords = np.asarray(getattr(w, name))[valid]
+    if coords.size and (coords.min() < 0 or coords.max() >= limit):
+      raise ValueError(f"w.{name} must lie in [0, {limit}) on stored nonzeros; got "
+                       f"[{coords.min()}, {coords.max()}].")
+
+
 def check_conv_inputs(x, w, bias, data_format: str = "NHWC", dilation=(1, 1)) -> None:
   """Raises TypeError/ValueError naming the argument when (x, w, bias) is not a valid NHWC sparse
   convolution problem (layout, dilation, kernel type, rank, dtype, channels, bias shape)."""
@@ -297,6 +329,7 @@ def check_conv_inputs(x, w, bias, data_format: str = "NHWC", dilation=(1, 1)) ->
     raise TypeError(
       f"w must be a SparseKernel (build one with to_sparse_kernel(dense_kernel)); got "
       f"{type(w).__name__}{'' if shape is None else ' of shape ' + str(tuple(shape))}.")
+  check_sparse_kernel(w)
   if getattr(x, "ndim", None) != 4:
     raise ValueError(f"x must be a 4-D NHWC array; got shape {getattr(x, 'shape', None)}.")
   if not jnp.issubdtype(x.dtype, jnp.floating):

@@ -276,11 +276,13 @@ def load_idx_directory(directory: str, validation_fraction: float = 0.1, seed: i
                        f"train-labels-idx1-ubyte[.gz] (found: {sorted(os.listdir(directory))}).")
   name = f"idx:{directory}"
   images, labels = idx.read_idx(files["train"]), idx.read_idx(files["train_labels"])
-  if images.shape[0] != labels.shape[0]:
-    raise DatasetError(f"{files['train']} has {images.shape[0]} images but "
-                       f"{files['train_labels']} has {labels.shape[0]} labels.")
+  idx.check_idx_pair(images, labels, files["train"], files["train_labels"])
   if files["test"] and files["test_labels"]:
     test_images, test_labels = idx.read_idx(files["test"]), idx.read_idx(files["test_labels"])
+    idx.check_idx_pair(test_images, test_labels, files["test"], files["test_labels"])
+    if test_images.shape[1:] != images.shape[1:]:
+      raise DatasetError(f"{files['test']}: test images have shape {test_images.shape[1:]}, the "
+                         f"training images {images.shape[1:]}.")
   else:
     rest, test = carve_validation(images.shape[0], validation_fraction, seed + 1,
                                   f"{name} (test split, no t10k/test files)")

@@ -3,6 +3,7 @@
 import gzip
 import os
 import re
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -60,9 +61,33 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file; a name ending in `.gz` is gunzipped. See `parse_idx`."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+    raise IdxFormatError(f"{path}: cannot be read ({type(e).__name__}: {e}); a truncated or "
+                         "corrupted download? Fetch the file again.") from e
   return parse_idx(data, name=path)
+
+
+def check_idx_pair(images: np.ndarray, labels: np.ndarray, images_path: str,
+                   labels_path: str) -> None:
+  """Raises IdxFormatError naming the file when an images/labels pair cannot be a dataset: labels
+  not a 1-D array of non-negative integers, images of rank < 3 or with non-finite values, or
+  counts that differ."""
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise IdxFormatError(f"{labels_path}: labels must be a 1-D integer array, got shape "
+                         f"{labels.shape} of {labels.dtype}.")
+  if labels.size and labels.min() < 0:
+    raise IdxFormatError(f"{labels_path}: labels must be non-negative, got {labels.min()}.")
+  if images.ndim < 3:
+    raise IdxFormatError(f"{images_path}: images must have shape (count, height, width[, "
+                         f"channels]), got {images.shape}.")
+  if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+    raise IdxFormatError(f"{images_path}: images hold NaN or infinite values.")
+  if images.shape[0] != labels.shape[0]:
+    raise IdxFormatError(f"{images_path} has {images.shape[0]} images but {labels_path} has "
+                         f"{labels.shape[0]} labels.")
 
 
 def write_idx(path: str, array: np.ndarray) -> None:

@@ -102,6 +102,10 @@ class FastfoodDense(nn.Module):
     """
     if isinstance(self.features, bool) or not isinstance(self.features, int) or self.features < 1:
       raise ValueError(f"FastfoodDense: features must be a positive int, got {self.features!r}")
+    if not (isinstance(self.init_scale, (int, float)) and math.isfinite(self.init_scale)
+            and self.init_scale > 0):
+      raise ValueError("FastfoodDense: init_scale must be a positive finite number, got "
+                       f"{self.init_scale!r}")
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[-1] < 1:
       raise ValueError(f"FastfoodDense: x must have shape (..., in_features), got {x.shape}")

@@ -343,8 +343,16 @@ def rbf_kernel(x: jax.Array, y: jax.Array, sigma: float = 1.0) -> jax.Array:
 
   Returns:
     `(m, k)` kernel matrix.
+
+  Raises:
+    ValueError: sigma not positive and finite; x, y not 2-D with the same feature size.
   """
+  if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating, np.integer)) \
+      or not math.isfinite(sigma) or sigma <= 0:
+    raise ValueError(f"rbf_kernel: sigma must be a positive finite number, got {sigma!r}.")
   x = jnp.asarray(x)
   y = jnp.asarray(y)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f"rbf_kernel: x must be (m, p) and y (k, p), got {x.shape} and {y.shape}.")
   sq = jnp.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1)
   return jnp.exp(-sq / (2.0 * sigma**2))

@@ -45,11 +45,14 @@ def reverse_kl_to_uniform(counts: jax.Array) -> jax.Array:
     histogram is empty (sum 0), as in the paper's code.
 
   Raises:
-    ValueError: `counts` is not 1-D or empty.
+    ValueError: `counts` is not 1-D or empty, or (when concrete) negative or non-finite.
   """
   counts = jnp.asarray(counts)
   if counts.ndim != 1 or counts.shape[0] == 0:
     raise ValueError(f"counts must be a non-empty 1-D histogram (K,), got shape {counts.shape}.")
+  if not isinstance(counts, jax.core.Tracer) and not bool(
+      jnp.all(jnp.isfinite(counts.astype(jnp.float32)) & (counts >= 0))):
+    raise ValueError(f"counts must be non-negative and finite, got {counts}.")
   counts = counts.astype(jnp.float32)
   total = jnp.sum(counts)
   p = counts / total  # NaN everywhere when total == 0 (kept: the KL is undefined).
@@ -88,8 +91,9 @@ def standardized_distances(samples: jax.Array, means: jax.Array,
     std = jnp.broadcast_to(std[:, None], (k, d))
   elif std.shape != (k, d):
     raise ValueError(f"std must be a scalar, (K,)=({k},) or (K, D)=({k}, {d}); got {std.shape}.")
-  if not isinstance(std, jax.core.Tracer) and bool(jnp.any(std <= 0)):
-    raise ValueError("std must be positive.")
+  if not isinstance(std, jax.core.Tracer) and not bool(jnp.all(std > 0) & jnp.all(
+      jnp.isfinite(std))):
+    raise ValueError("std must be positive and finite.")
   diff = (samples[:, None, :] - means[None, :, :]) / std[None]
   return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 

@@ -249,7 +249,10 @@ def fwht(x: jax.Array, axis: int = -1, normalize: bool = False, impl: str = "aut
   (orthonormal: then `fwht(fwht(x, normalize=True), normalize=True) == x`). O(n log n) work; the
   building block of Fastfood (Le et al. 2013) and Deep Fried Convnets (Yang et al. 2015, Sec. 3).
 
-  Differentiable (`jax.custom_vjp`: the transform is its own transpose), jit/vmap compatible.
+  Differentiable in reverse mode (`jax.custom_vjp`: the transform is its own transpose),
+  jit/vmap compatible. Forward mode (`jax.jvp`, `jax.jacfwd`) is not supported, as for every
+  custom_vjp; being linear, the transform's JVP is `fwht` of the tangent, so call it on the tangent
+  (or use `jax.jacrev`).
 
   Args:
     x: floating array of any rank >= 1: float32, bfloat16, float16, or float64 (with x64 enabled).

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _check_logits_labels(logits: jax.Array, labels: jax.Array) -> None:
@@ -25,17 +26,25 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
     label_smoothing: mass moved uniformly over all classes (Szegedy et al. 2016), in [0, 1).
 
   Returns:
-    Scalar float32 loss, computed in float32 whatever the logits' dtype.
+    Scalar float32 loss, computed in float32 whatever the logits' dtype. A label outside
+    [0, classes) is an error when the labels are concrete; under `jit` (traced labels) it makes
+    the loss NaN, which the training loop stops on, instead of silently contributing zero.
   """
   _check_logits_labels(logits, labels)
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
   num_classes = logits.shape[-1]
+  in_range = (labels >= 0) & (labels < num_classes)
+  if not isinstance(labels, jax.core.Tracer) and not bool(jnp.all(in_range)):
+    bad = np.asarray(labels)[~np.asarray(in_range)]
+    raise ValueError(f"labels must lie in [0, {num_classes}) (the logits' classes), got "
+                     f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}.")
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing:
     targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+  loss = -jnp.mean(jnp.sum(targets * log_probs, axis=-1))
+  return jnp.where(jnp.all(in_range), loss, jnp.nan)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

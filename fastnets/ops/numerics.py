@@ -134,6 +134,10 @@ class FixedPoint:
   def __post_init__(self):
     _check_int("integer_bits", self.integer_bits, 1, 32, "FixedPoint")
     _check_int("fraction_bits", self.fraction_bits, 0, 31, "FixedPoint")
+    # numpy integers become Python ints: 2 ** bits must not overflow an int16, and a format must
+    # hash and compare as the same format given with Python ints (jit caches key on it).
+    object.__setattr__(self, "integer_bits", int(self.integer_bits))
+    object.__setattr__(self, "fraction_bits", int(self.fraction_bits))
     if self.word_bits > 32:
       raise ValueError(
           f"FixedPoint word integer_bits + fraction_bits = {self.word_bits} is wider than 32 bits "
@@ -197,6 +201,10 @@ class FloatFormat:
     for name in ("subnormals", "has_inf"):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
         raise TypeError(f"FloatFormat.{name} must be a bool, got {getattr(self, name)!r}.")
+    # numpy scalars become Python ones (no int16 overflow in 2 ** bits; one hash per format).
+    for name, kind in (("exponent_bits", int), ("mantissa_bits", int), ("bias", int),
+                       ("subnormals", bool), ("has_inf", bool)):
+      object.__setattr__(self, name, kind(getattr(self, name)))
     if self.overflow not in _OVERFLOW_MODES:
       raise ValueError(
           f"FloatFormat.overflow must be one of {_OVERFLOW_MODES}, got {self.overflow!r}.")

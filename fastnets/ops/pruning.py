@@ -210,7 +210,17 @@ def zhu_gupta_sparsity(step, *, final_sparsity: float, begin_step: int, end_step
 
   Returns:
     float32 scalar.
+
+  Raises:
+    ValueError: sparsities outside [0, 1), a non-positive frequency, end_step before begin_step.
   """
+  _check_sparsity(final_sparsity, "final_sparsity")
+  _check_sparsity(initial_sparsity, "initial_sparsity")
+  if isinstance(frequency, bool) or not isinstance(frequency, (int, np.integer)) or frequency < 1:
+    raise ValueError(f"zhu_gupta_sparsity: frequency must be a positive int, got {frequency!r}.")
+  if end_step < begin_step:
+    raise ValueError(f"zhu_gupta_sparsity: end_step ({end_step}) must not precede begin_step "
+                     f"({begin_step}).")
   t = jnp.asarray(step, jnp.float32)
   t0 = float(begin_step)
   tq = t0 + jnp.floor((t - t0) / frequency) * frequency

@@ -456,7 +456,15 @@ def additive_coupling_inverse(
   Returns:
     (x1, x2), equal to the forward inputs up to floating-point rounding (a few ulps of the
     largest intermediate per block).
+
+  Raises:
+    ValueError/TypeError: G or F returns a different shape or dtype than the half it is
+      subtracted from (as the forward checks).
   """
+  _check_block_output("g", jax.eval_shape(lambda *a: _call(g, *a, False)[0], g_params, y1, g_key),
+                      y2, False, "y2 (G maps y1 to x2's shape)")
+  _check_block_output("f", jax.eval_shape(lambda *a: _call(f, *a, False)[0], f_params, y2, f_key),
+                      y1, False, "y1")
   return _coupling_inverse(f, g, f_params, g_params, y1, y2, f_key, g_key, False)
 
 

@@ -98,7 +98,7 @@ def sparse_conv2d(
     raise ValueError(f"impl must be 'auto', 'xla' or 'pallas'; got {impl!r}.")
   if impl == "auto":
     impl = "pallas" if jax.default_backend() == "gpu" else "xla"
-  if impl == "xla":
+  if impl == "xla" or x.shape[0] == 0:  # An empty batch launches no kernel: nothing to compute.
     return sparse_conv2d_reference(x, w, strides, padding, bias, relu)
   if not interpret and jax.default_backend() != "gpu":
     raise ValueError(
