@@ -214,6 +214,33 @@ def _attribute_docs(doc: str) -> dict:
   return out
 
 
+def config_comments(module) -> dict:
+  """`{key: comment}` from the trailing comments of `module.DEFAULTS`'s literal
+  (`"dense": 64,  # cnn: width of the dense hidden layer`): the config's own documentation, used as
+  flag help. Keys without a comment are absent."""
+  import ast
+  import inspect
+  import io
+  import tokenize
+
+  try:
+    source = inspect.getsource(module)
+  except (OSError, TypeError):
+    return {}
+  comments = {tok.start[0]: tok.string.lstrip("#").strip()
+              for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+              if tok.type == tokenize.COMMENT}
+  out = {}
+  for node in ast.walk(ast.parse(source)):
+    if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "DEFAULTS"
+                                             for t in node.targets)
+        and isinstance(node.value, ast.Dict)):
+      for key in node.value.keys:
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.lineno in comments:
+          out[key.value] = comments[key.lineno]
+  return out
+
+
 def _train_help() -> dict:
   from fastnets.train import TrainConfig
   helps = _attribute_docs(TrainConfig.__doc__)
@@ -328,16 +355,17 @@ def exit_on_user_error(fn, debug: bool):
 
 
 def main(module) -> None:
-  """The `__main__` of an experiment module: flags from DEFAULTS (help from the module's `HELP`,
-  choices from its `CHOICES`), `--quick` and `--smoke` switch to the module's QUICK / SMOKE
-  overrides (explicit flags still win), the workdir is claimed (`claim_workdir`), then `run`."""
+  """The `__main__` of an experiment module: flags from DEFAULTS (help from the comments of its
+  DEFAULTS literal and the module's `HELP`, choices from its `CHOICES`), `--quick` and `--smoke`
+  switch to the module's QUICK / SMOKE overrides (explicit flags still win), the workdir is
+  claimed (`claim_workdir`), then `run`."""
   import sys
 
   from absl import app, flags
 
   main_name = sys.argv[0]
-  define_flags(module.DEFAULTS, getattr(module, "HELP", None), getattr(module, "CHOICES", None),
-               module_name=main_name)
+  helps = {**config_comments(module), **getattr(module, "HELP", {})}
+  define_flags(module.DEFAULTS, helps, getattr(module, "CHOICES", None), module_name=main_name)
   for name, default, text in (
       ("quick", False, "use the experiment's quick setting (the report's)"),
       ("smoke", False, "use the experiment's tiny smoke-test setting (numbers meaningless)"),
