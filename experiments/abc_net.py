@@ -50,13 +50,13 @@ DEFAULTS = {
     "learning_rate": 2e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "channels": [32, 64],
-    "hidden": 256,
-    "arms": ["float", "1_1", "3_3", "5_5"],
-    "speed_features": 4096,
-    "speed_batch": 64,
-    "timing_repeats": 9,
-    "seeds": list(evidence.EVAL_SEEDS),
+    "channels": [32, 64],  # conv channels (c0 full precision, c1 binary)
+    "hidden": 256,  # units of the binary dense hidden layer
+    "arms": ["float", "1_1", "3_3", "5_5"],  # "float" and/or "M_N" (M weight, N activation bases)
+    "speed_features": 4096,  # width of the square ABCDense layer timed
+    "speed_batch": 64,  # batch of the timed layer
+    "timing_repeats": 9,  # interleaved timed rounds, after 2 warm-ups
+    "seeds": list(evidence.EVAL_SEEDS),  # training seeds, the same for every arm
 }
 QUICK = {"steps": 300, "channels": [8, 16], "hidden": 64, "seeds": [0, 1, 2],
          "timing_repeats": 5}

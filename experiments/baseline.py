@@ -33,7 +33,9 @@ from . import common
 NAME = "baseline"
 DEFAULTS = {**{k: v for k, v in common.TRAIN_DEFAULTS.items()
                if k not in ("seed", "checkpoint_every")},  # `seeds` replaces them; no checkpoints
-            "workdir": "runs/baseline", "model": "cnn", "log_every": 25, "eval_every": 100,
+            "workdir": "runs/baseline",
+            "model": "cnn",  # a fastnets.models.model_names() name, e.g. "cnn", "resnet20"
+            "log_every": 25, "eval_every": 100,
             "seeds": 3}  # how many of evidence.EVAL_SEEDS, from the first
 QUICK = {}
 SMOKE = {"steps": 2, "batch_size": 32, "log_every": 1, "eval_every": 0, "eval_batch_size": 500,

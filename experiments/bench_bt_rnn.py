@@ -39,20 +39,20 @@ NAME = "bench_bt_rnn"
 FACTORS = {784: (4, 7, 4, 7), 4096: (8, 8, 8, 8), 57600: (8, 20, 20, 18)}
 DEFAULTS = {
     "workdir": "runs/bench_bt_rnn",
-    "input_dims": [784, 4096],
-    "cells": ["lstm", "bt_lstm", "tt_lstm"],
-    "tensor_optimize": ["optimal", "size"],
-    "modes": ["hoisted", "per_step"],
-    "hidden": 256,
-    "hidden_factors": [4, 4, 4, 4],
-    "tucker_rank": 2,
-    "num_blocks": 1,
-    "tt_rank": 4,
-    "batch": 32,
-    "time": 8,
-    "num_classes": 10,
-    "warmup": 3,
-    "repeats": 20,
+    "input_dims": [784, 4096],  # frame sizes (factored as in FACTORS, else balanced)
+    "cells": ["lstm", "bt_lstm", "tt_lstm"],  # "lstm", "bt_lstm" and/or "tt_lstm"
+    "tensor_optimize": ["optimal", "size"],  # BT/TT contraction order: "optimal" and/or "size"
+    "modes": ["hoisted", "per_step"],  # input projection: "hoisted" and/or "per_step"
+    "hidden": 256,  # hidden size H (the product of hidden_factors)
+    "hidden_factors": [4, 4, 4, 4],  # factorisation of hidden
+    "tucker_rank": 2,  # BT cells: Tucker rank R
+    "num_blocks": 1,  # BT cells: number of Tucker blocks C
+    "tt_rank": 4,  # TT cells: inner TT rank
+    "batch": 32,  # sequences per step
+    "time": 8,  # time steps per sequence
+    "num_classes": 10,  # logits (random labels)
+    "warmup": 3,  # untimed steps per variant after the compiling one
+    "repeats": 20,  # interleaved timed rounds (median)
     "seed": 0,
 }
 QUICK = {"repeats": 10, "warmup": 2}

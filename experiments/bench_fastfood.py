@@ -53,21 +53,21 @@ from . import common
 NAME = "bench_fastfood"
 DEFAULTS = {
     "workdir": "runs/bench_fastfood",
-    "fwht_log2": [8, 9, 10, 11, 12, 13, 14, 15, 16],
-    "batch": 256,
+    "fwht_log2": [8, 9, 10, 11, 12, 13, 14, 15, 16],  # log2 of the transform sizes n
+    "batch": 256,  # rows of x (batch x n) per fwht call
     "dense_max_log2": 13,   # the dense H_n matmul baseline only up to this n (O(n^2) memory)
     # "auto" = fwht's default (native on a CPU, pallas on a GPU); "native_1t" = native, 1 thread.
-    "impls": ["auto", "native_1t", "xla"],
-    "ffht": True,
+    "impls": ["auto", "native_1t", "xla"],  # "auto", "xla", "native", "native_1t", "pallas"
+    "ffht": True,  # also time FFHT (ffht.fht) when installed
     # Memory-bound floor: time a device-to-device copy of the same array and report bytes/s.
-    "copy_baseline": False,
+    "copy_baseline": False,  # also time a jnp.copy of x, report GB/s
     # Calls per timed sample, issued back to back and blocked on once (time / calls): on a GPU
     # this measures the device's throughput instead of one host round trip per call.
-    "calls_per_sample": 1,
-    "widths": [1024, 2048, 4096, 8192, 16384],
-    "layer_batch": 256,
-    "warmup": 3,
-    "repeats": 15,
+    "calls_per_sample": 1,  # calls per timed sample (time / calls)
+    "widths": [1024, 2048, 4096, 8192, 16384],  # FastfoodDense vs Dense widths
+    "layer_batch": 256,  # batch of the layer benchmark
+    "warmup": 3,  # untimed calls per function
+    "repeats": 15,  # interleaved timed rounds (median)
     "seed": 0,
 }
 QUICK = {"fwht_log2": [8, 10, 12, 14], "dense_max_log2": 12, "widths": [1024, 2048, 4096, 8192],

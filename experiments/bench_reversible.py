@@ -44,14 +44,14 @@ NAME = "bench_reversible"
 METHODS = {"plain": "store", "checkpoint": "checkpoint", "reversible": "reversible"}
 DEFAULTS = {
     "workdir": "runs/bench_reversible",
-    "depths": [8, 16, 32, 64, 128, 256],
-    "methods": list(METHODS),
-    "batch": 4096,
-    "width": 128,
-    "hidden": 128,
-    "warmup": 3,
-    "repeats": 20,
-    "sgd_step_memory": True,
+    "depths": [8, 16, 32, 64, 128, 256],  # numbers of coupling blocks
+    "methods": list(METHODS),  # "plain", "checkpoint" and/or "reversible"
+    "batch": 4096,  # rows of x
+    "width": 128,  # block width (even: split into two halves)
+    "hidden": 128,  # hidden width of the F and G MLPs
+    "warmup": 3,  # untimed calls per method after compiling
+    "repeats": 20,  # interleaved timed rounds (median)
+    "sgd_step_memory": True,  # also record a full SGD step's temp memory (details)
     "seed": 0,
 }
 QUICK = {"depths": [8, 16, 32, 64], "batch": 1024, "warmup": 2, "repeats": 9}

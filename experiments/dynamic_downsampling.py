@@ -56,8 +56,8 @@ DEFAULTS = {
     **common.TRAIN_DEFAULTS,
     "workdir": "runs/dynamic_downsampling",
     "dataset": "cifar10",
-    "depth": 20,
-    "widths": [16, 16, 32, 64],
+    "depth": 20,  # ResNet depth (6n + 2)
+    "widths": [16, 16, 32, 64],  # ResNet channels: stem, then the three stages
     "steps": 20000,
     "batch_size": 128,
     "optimizer": "momentum",
@@ -65,9 +65,10 @@ DEFAULTS = {
     "weight_decay": 1e-4,
     "warmup_steps": 200,
     "augment": "crop_flip",
-    "schedules": ["every:4", "every:2", "prob:0.3", "phase:0.3", "phase:0.5"],
-    "seeds": [0, 1, 2],
-    "factor": 2,
+    "schedules": [  # "every:K", "full_every:K", "prob:P" or "phase:F", optionally + ",until:U"
+        "every:4", "every:2", "prob:0.3", "phase:0.3", "phase:0.5"],
+    "seeds": [0, 1, 2],  # training seeds; each is one round of baseline and every schedule
+    "factor": 2,  # input pooling factor of downsampled steps (divides H and W)
     "kernel_target": 0,        # 0: ceil(k / 2) (3x3 -> 2x2); n: every kernel pooled to n x n.
     "rescale": True,           # Pooled kernels keep the sum of their taps.
     "update_batch_stats": False,  # Downsampled steps do not touch the BN running statistics.

@@ -38,10 +38,10 @@ DEFAULTS = {
     **common.TRAIN_DEFAULTS,
     "workdir": "runs/ffnet",
     "dataset": "cifar10",
-    "features": 64,
-    "stages": 6,
-    "resnet_depth": 20,
-    "resnet_widths": [16, 16, 32, 64],
+    "features": 64,  # FFNet: channels of every conv (released: 64)
+    "stages": 6,  # FFNet stages; each removes 4 pixels (inputs need 4 * stages + 1)
+    "resnet_depth": 20,  # baseline ResNet depth (6n + 2)
+    "resnet_widths": [16, 16, 32, 64],  # baseline ResNet channels: stem, then the three stages
     "steps": 40000,
     "batch_size": 32,
     "optimizer": "momentum",
@@ -49,9 +49,9 @@ DEFAULTS = {
     "weight_decay": 2e-4,
     "schedule": "cosine",
     "augment": "crop_flip",
-    "seeds": [0, 1, 2],
-    "grad_seeds": [0, 1, 2, 3, 4],
-    "grad_every": 1000,
+    "seeds": [0, 1, 2],  # training seeds (test accuracy paired by seed)
+    "grad_seeds": [0, 1, 2, 3, 4],  # init seeds (one batch each) of the gradient norms at init
+    "grad_every": 1000,  # steps between early gradient norms in training (first seed)
     "log_every": 500,
     "eval_every": 0,
     "checkpoint_every": 0,

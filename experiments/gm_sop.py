@@ -45,14 +45,14 @@ DEFAULTS = {
     "learning_rate": 2e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "channels": [16, 32],
-    "sop_dim": 12,
-    "num_components": 4,
-    "k": 2,
-    "num_iters": 5,
-    "balance_weight": 0.01,
-    "timing_repeats": 7,
-    "seeds": list(evidence.EVAL_SEEDS),
+    "channels": [16, 32],  # conv stage channels (each + 2x2 max pool), then a 3x3 conv
+    "sop_dim": 12,  # channels of a second-order component after its 1x1 reduction
+    "num_components": 4,  # GM-SOP: number of components N
+    "k": 2,  # GM-SOP: components the noisy top-k gate picks per example
+    "num_iters": 5,  # Newton-Schulz iterations of the matrix square root
+    "balance_weight": 0.01,  # GM-SOP: weight of the gate's balance loss (CV^2)
+    "timing_repeats": 7,  # interleaved timed train-step rounds, after 2 warm-ups
+    "seeds": list(evidence.EVAL_SEEDS),  # training seeds, the same for every head
 }
 QUICK = {"steps": 300, "log_every": 100, "channels": [8, 16], "seeds": list(evidence.EVAL_SEEDS)}
 SMOKE = {"steps": 2, "batch_size": 16, "eval_batch_size": 500, "log_every": 1,

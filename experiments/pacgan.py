@@ -66,37 +66,37 @@ NAME = "pacgan"
 DEFAULTS = {
     "workdir": "runs/pacgan",
     "task": "synthetic",            # "synthetic" (Table 1) or "stacked_mnist" (Table 2)
-    "datasets": ["ring", "grid"],
+    "datasets": ["ring", "grid"],   # "ring" (8 modes) and/or "grid" (25 modes)
     "degrees": [1, 2, 3, 4],        # pack degree m; 1 is the plain GAN
-    "seeds": 10,
+    "seeds": 10,                    # runs per variant and dataset (seeds seed, seed + 1, ...)
     "seed": 0,                      # first seed; runs use seed, seed + 1, ...
     "steps": 400_000,
     "batch_size": 100,              # packs per step
-    "gen_hidden": 400,
-    "gen_depth": 4,
-    "disc_hidden": 200,
-    "disc_pieces": 5,
-    "disc_depth": 3,
+    "gen_hidden": 400,              # generator: width of its hidden layers
+    "gen_depth": 4,                 # generator: hidden layers (Linear, BatchNorm, ReLU)
+    "disc_hidden": 200,             # discriminator: maxout units per layer
+    "disc_pieces": 5,               # discriminator: linear pieces per maxout unit
+    "disc_depth": 3,                # discriminator: maxout layers before the logit
     "learning_rate": 1e-4,
     "lr_schedule": "constant",      # or "cosine" (decay over `steps` to 5%; a QUICK deviation)
-    "beta1": 0.8,
-    "num_points": 100_000,
-    "eval_samples": 2500,
+    "beta1": 0.8,                   # Adam beta1 (both nets)
+    "num_points": 100_000,          # training points sampled from the mixture per run
+    "eval_samples": 2500,           # generated samples per run for the mode metrics
     "chunk_size": 500,              # steps per lax.scan chunk
     "checkpoint_every": 20_000,     # steps between checkpoints under --workdir/train (0: none)
-    "verbose": True,
+    "verbose": True,                # print progress
     # Stacked MNIST (--task=stacked_mnist).
     "sm_steps": 100_000,            # 50 epochs of 128,000 stacks at batch 64
-    "sm_batch_size": 64,
-    "sm_features": 32,
-    "sm_z_dim": 100,
-    "sm_learning_rate": 2e-4,
-    "sm_beta1": 0.5,
-    "sm_num_examples": 128_000,
-    "sm_eval_samples": 26_000,
-    "sm_degrees": [1, 2, 3, 4],
-    "sm_seeds": 1,
-    "classifier_steps": 400,
+    "sm_batch_size": 64,            # stacked MNIST: batch size
+    "sm_features": 32,              # stacked MNIST: DCGAN base width f (the paper's DCGAN: 64)
+    "sm_z_dim": 100,                # stacked MNIST: noise dimension (z ~ U(-1, 1))
+    "sm_learning_rate": 2e-4,       # stacked MNIST: Adam learning rate
+    "sm_beta1": 0.5,                # stacked MNIST: Adam beta1
+    "sm_num_examples": 128_000,     # stacked MNIST: fixed stacks of 3 digits to train on
+    "sm_eval_samples": 26_000,      # stacked MNIST: generated stacks classified per run
+    "sm_degrees": [1, 2, 3, 4],     # stacked MNIST: pack degrees m (1: plain DCGAN)
+    "sm_seeds": 1,                  # stacked MNIST: runs per degree (seeds seed, seed + 1, ...)
+    "classifier_steps": 400,        # steps of the digit classifier labelling the channels
 }
 QUICK = {"seeds": 3, "steps": 8000, "gen_hidden": 64, "disc_hidden": 64,
          "learning_rate": 2e-3, "lr_schedule": "cosine", "checkpoint_every": 0}

@@ -48,17 +48,17 @@ DEFAULTS = {
     "learning_rate": 2e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "teacher_channels": [32, 64],
-    "teacher_steps": 1000,
-    "teacher_seed": 100,
-    "student_channels": [4, 8],
-    "pkt_weight": 1.0,
-    "kd_weight": 1.0,
-    "temperature": 4.0,
-    "pca_dim": 32,
-    "eval_chunk": 1000,
+    "teacher_channels": [32, 64],  # teacher PoolingCNN conv channels
+    "teacher_steps": 1000,  # teacher training steps
+    "teacher_seed": 100,  # teacher's training seed (not an evaluation seed)
+    "student_channels": [4, 8],  # student PoolingCNN conv channels
+    "pkt_weight": 1.0,  # weight of the PKT loss (pkt, pkt_kd, pkt_handcrafted)
+    "kd_weight": 1.0,  # weight of Hinton distillation (kd, pkt_kd)
+    "temperature": 4.0,  # distillation temperature T (loss scaled by T^2)
+    "pca_dim": 32,  # pixel principal components (pkt_handcrafted's teacher)
+    "eval_chunk": 1000,  # images per forward call when extracting features
     "map_database": 0,  # training digits in the retrieval database (0: all)
-    "seeds": list(evidence.EVAL_SEEDS),
+    "seeds": list(evidence.EVAL_SEEDS),  # training seeds of every student arm
 }
 QUICK = {"steps": 300, "teacher_steps": 400, "teacher_channels": [16, 32],
          "student_channels": [8, 16], "learning_rate": 5e-3, "map_database": 3000,

@@ -82,8 +82,8 @@ DEFAULTS = {
     **common.TRAIN_DEFAULTS,
     "workdir": "runs/revnet",
     "dataset": "cifar10",
-    "revnets": ["revnet38", "revnet110", "revnet164"],
-    "width_divisor": 1,
+    "revnets": ["revnet38", "revnet110", "revnet164"],  # RevNets, each vs its same-depth ResNet
+    "width_divisor": 1,  # divides every width of both nets (RevNet widths must stay even)
     "steps": 80000,
     "batch_size": 100,
     "eval_batch_size": 1000,
@@ -101,8 +101,8 @@ DEFAULTS = {
     "units": [],  # RevNet units per stage; empty: the paper's (3-3-3 or 9-9-9)
     "resnet_depth": 0,  # 0: the paper's matching depth (32, 110, 164)
     "memory_batch": 0,  # 0: batch_size
-    "timing_repeats": 10,
-    "store_baseline": True,
+    "timing_repeats": 10,  # timed train-step rounds per model (median), after 2 warm-ups
+    "store_baseline": True,  # also measure the RevNet with plain autodiff (backprop="store")
     "seeds": [0, 1, 2, 3, 4],  # evaluation seeds (5: the claimed gap is under one point)
     "train_unroll": False,  # train with unrolled reversible stacks (fast on XLA:CPU)
 }
