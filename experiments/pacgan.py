@@ -78,7 +78,7 @@ DEFAULTS = {
     "disc_pieces": 5,               # discriminator: linear pieces per maxout unit
     "disc_depth": 3,                # discriminator: maxout layers before the logit
     "learning_rate": 1e-4,
-    "lr_schedule": "constant",      # or "cosine" (decay over `steps` to 5%; a QUICK deviation)
+    "lr_schedule": "constant",      # "constant" or "cosine" (decay over `steps` to 5%)
     "beta1": 0.8,                   # Adam beta1 (both nets)
     "num_points": 100_000,          # training points sampled from the mixture per run
     "eval_samples": 2500,           # generated samples per run for the mode metrics
@@ -86,7 +86,7 @@ DEFAULTS = {
     "checkpoint_every": 20_000,     # steps between checkpoints under --workdir/train (0: none)
     "verbose": True,                # print progress
     # Stacked MNIST (--task=stacked_mnist).
-    "sm_steps": 100_000,            # 50 epochs of 128,000 stacks at batch 64
+    "sm_steps": 100_000,            # stacked MNIST: steps (paper: 50 epochs of 128,000 at batch 64)
     "sm_batch_size": 64,            # stacked MNIST: batch size
     "sm_features": 32,              # stacked MNIST: DCGAN base width f (the paper's DCGAN: 64)
     "sm_z_dim": 100,                # stacked MNIST: noise dimension (z ~ U(-1, 1))
