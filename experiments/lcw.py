@@ -40,7 +40,7 @@ generators, batch 128 / 256, code dimension 8, latent generator 5 x 512, closed-
 kernel), with narrower networks and far fewer steps.
 
 Measured here (QUICK, seeds 0-2; 2 CPU cores shared with other jobs, load average 10-13: 6 min 32 s
-wall, 2 min 27 s CPU; an idle machine should need a little over the CPU time). Ring: LCW 8/8
+wall, 2 min 27 s CPU, most of it compilation and the GAN arms). Ring: LCW 8/8
 modes on every seed (GAN 8, 3, 8; PacGAN2 8, 7, 7), reverse KL 0.09 (GAN 0.60), high quality 27%
 (GAN 16%), every difference inside the seeds' interval. Grid: LCW 21.3 modes against 10.0 (GAN)
 and 11.0 (PacGAN2), reverse KL 0.43 against 1.11 and 1.10, both decided; all arms' grid samples
