@@ -156,9 +156,9 @@ TUNING = {"note": "not tuned: the LCW optimizer settings, code dimension, batch 
                   "budget alone (a first quick run at 2,000 synthetic steps, 600 + 600 LCW and "
                   "1,200 GAN steps on MNIST took 7 min 51 s on 2 CPU cores at load average 11, "
                   "one at 1,500 / 500 + 500 / 1,000 steps 6 min 7 s at load 9; the step counts "
-                  "were cut for the time budget each time, every arm alike). No "
-                  "validation or test "
-                  "number chose anything.",
+                  "were cut for the time budget each time, every arm alike). On ring and grid "
+                  "LCW follows the GAN arms' learning-rate schedule (cosine in QUICK). No "
+                  "validation or test number chose anything.",
           "pacgan_quick": pacgan.QUICK_TUNING}
 MNIST_ARMS = ("GAN", "CWAE", "LCW")
 
