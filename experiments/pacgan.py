@@ -235,7 +235,7 @@ def _table1(metrics: dict, datasets: list, variants: list) -> str:
   return "\n".join(lines)
 
 
-def _plot_samples(path: str, dataset, samples_by_variant: dict) -> str:
+def plot_samples(path: str, dataset, samples_by_variant: dict) -> str:
   """Scatter of each variant's samples (first seed) over the true modes, one panel each."""
   import matplotlib
   matplotlib.use("Agg")
@@ -292,14 +292,14 @@ def _run_synthetic(config: dict, timer) -> dict:
         f"{config['gen_hidden']}, D {config['disc_hidden']}x{config['disc_pieces']} maxout, lr "
         f"{config['learning_rate']}) / paper.\n\n" + table + "\n")
     for d in datasets:
-      plots[f"samples_{d.name}"] = _plot_samples(os.path.join(workdir, f"samples_{d.name}.png"),
-                                                 d, first_seed[d.name])
+      plots[f"samples_{d.name}"] = plot_samples(os.path.join(workdir, f"samples_{d.name}.png"),
+                                                d, first_seed[d.name])
   metrics["timing"] = timing
   return common.write_results(workdir, NAME, config, metrics, PAPER, timer(), table=table,
                               runs=runs, plots=plots, tuning=QUICK_TUNING)
 
 
-def _stacked_sampler(key, data, n):
+def stacked_sampler(key, data, n):
   """n stacks drawn with replacement from the fixed stacks: (n, 28, 28, 3) floats in [-1, 1]."""
   rows = jax.random.randint(key, (n,), 0, data["index"].shape[0])
   idx = data["index"][rows]                       # (n, 3)
@@ -325,7 +325,7 @@ def _run_stacked_mnist(config: dict, timer) -> dict:
     variant = variant_name(degree, stacked=True)
     discriminator = Packed(pacgan_models.DCGANDiscriminator(features=config["sm_features"]),
                            degree=degree)
-    step = gan_train.make_gan_step(generator, discriminator, gan_cfg, _stacked_sampler)
+    step = gan_train.make_gan_step(generator, discriminator, gan_cfg, stacked_sampler)
     mine = []
     for s in range(config["sm_seeds"]):
       seed = config["seed"] + s

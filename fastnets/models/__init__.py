@@ -24,6 +24,7 @@ from fastnets.models.revnet import (
 )
 from fastnets.models.revnet import revnet as _revnet_factory
 from fastnets.models.second_order import HEADS as POOLING_HEADS, PoolingCNN
+from fastnets.models.lcw import MLPAutoencoder, MLPDecoder, latent_generator
 
 __all__ = [
     "ABCCNN",
@@ -35,6 +36,7 @@ __all__ = [
     "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",
 ]
 __all__ += ["POOLING_HEADS", "PoolingCNN"]
+__all__ += ["MLPAutoencoder", "MLPDecoder", "latent_generator"]
 
 # name -> factory(num_classes, **overrides). Names with a trailing depth ("resnet32") are parsed
 # by `create_model`. PacGAN generators and discriminators are generative models and

@@ -54,8 +54,8 @@ from fastnets.ops.gan import (  # noqa: F401
     discriminator_loss, generator_loss, maxout,
 )
 from fastnets.ops.gan_metrics import (  # noqa: F401
-    mode_collapse_metrics, mode_histogram, reverse_kl_to_uniform, stacked_mnist_metrics,
-    stacked_mnist_modes, standardized_distances,
+    frechet_distance, mode_collapse_metrics, mode_histogram, reverse_kl_to_uniform,
+    stacked_mnist_metrics, stacked_mnist_modes, standardized_distances,
 )
 
 # Dynamic input and kernel downsampling (Poulos et al. 2019).
@@ -122,3 +122,4 @@ __all__ = [
     "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes", "unpack",
     "zhu_gupta_sparsity", "ZhuGuptaSchedule",
 ]
+__all__ += ["frechet_distance"]

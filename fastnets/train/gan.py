@@ -129,8 +129,9 @@ def uniform_real_sampler(key: jax.Array, data: jax.Array, n: int) -> jax.Array:
   return data[jax.random.randint(key, (n,), 0, data.shape[0])]
 
 
-def _apply(module: nn.Module, params, state, x, train: bool):
-  """module(x, train) with its non-param collections updated when training (if it has any)."""
+def apply_module(module: nn.Module, params, state, x, train: bool):
+  """`module(x, train)` and its non-param collections (`state`, e.g. "batch_stats"), updated
+  when training (if it has any): returns (output, new state)."""
   variables = {"params": params, **state}
   if train and state:
     out, new_state = module.apply(variables, x, train=True, mutable=list(state))
@@ -217,7 +218,7 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, config: GANCon
       # vmapped over the m noise batches (the weights are shared, so XLA runs one (m*b)-row
       # matmul per layer); the m running-statistics updates are averaged.
       fakes, g_states = jax.vmap(
-          lambda z: _apply(generator, g_params, state.g_state, z, True))(zs)
+          lambda z: apply_module(generator, g_params, state.g_state, z, True))(zs)
       new_g_state = jax.tree.map(lambda x: jnp.mean(x, axis=0), g_states)
       real_packs = packing_ops.pack(real, m)
       fake_packs = packing_ops.concat_packs([fakes[i] for i in range(m)])
@@ -254,10 +255,13 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, config: GANCon
 def make_train_chunk(gan_step, num_steps: int, unroll: int = 1):
   """`chunk(state, data, key) -> (state, mean metrics, finite)`: `num_steps` steps in a `lax.scan`.
 
+  `gan_step` may be any pure `(state, data, key) -> (state, metrics)` whose state has a `step`
+  counter (the LCW steps of `fastnets.train.lcw` run through this loop too).
+
   `unroll` is `lax.scan`'s (steps per loop iteration in the compiled program).
 
   Step t uses `fold_in(key, state.step)`, so the run does not depend on the chunk size. `finite`
-  is False when any step's loss was NaN/Inf.
+  is False when any step's metric (the losses) was NaN/Inf.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -268,7 +272,7 @@ def make_train_chunk(gan_step, num_steps: int, unroll: int = 1):
       return s, metrics
 
     state, metrics = jax.lax.scan(body, state, None, length=num_steps, unroll=unroll)
-    finite = jnp.all(jnp.isfinite(metrics["d_loss"]) & jnp.isfinite(metrics["g_loss"]))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
     return state, jax.tree.map(jnp.mean, metrics), finite
 
   return chunk
@@ -292,9 +296,10 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
   end at multiples of `chunk_size`, so a resumed run equals an uninterrupted one.
 
   Args:
-    gan_step: from `make_gan_step`.
-    state: a `GANState`, or with `replicas=R` a `GANState` whose leaves have a leading axis R
-      (e.g. `jax.vmap(init)` over keys), trained as R independent runs in one program.
+    gan_step: from `make_gan_step` (or any step of that form, e.g. `fastnets.train.lcw`'s).
+    state: a `GANState` (the step's state), or with `replicas=R` one whose leaves have a
+      leading axis R (e.g. `jax.vmap(init)` over keys), trained as R independent runs in one
+      program.
     data: what the real sampler reads (with `replicas`, a leading axis R too).
     key: PRNG key (with `replicas`, R keys: `jax.random.split(key, R)`).
     num_steps: total steps (from `state.step` = 0; a remainder chunk compiles once more).
@@ -352,7 +357,7 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
     done += n
     now = time.time()
     if not np.all(finite):
-      raise NonFiniteLossError(f"{label}: a GAN loss became NaN/Inf within steps "
+      raise NonFiniteLossError(f"{label}: a loss became NaN/Inf within steps "
                                f"{done - n + 1}..{done}; lower the learning rate.")
     rate = n / max(now - t_window, 1e-9)
     t_window = now
@@ -421,6 +426,7 @@ def classify_channels(model: nn.Module, variables, dataset, images: jax.Array,
   return out
 
 
-__all__ = ["GANConfig", "GANState", "classify_channels", "generate", "init_gan_state",
+__all__ = ["GANConfig", "GANState", "apply_module", "classify_channels", "generate",
+           "init_gan_state",
            "make_gan_step", "make_train_chunk", "pack_degree", "sample_noise", "train_gan",
            "train_digit_classifier", "uniform_real_sampler"]
