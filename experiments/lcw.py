@@ -62,13 +62,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import common, pacgan
 from fastnets import data, evidence, models, ops
 from fastnets.data import synthetic
 from fastnets.nn.packing import Packed
 from fastnets.train import gan as gan_train
 from fastnets.train import init_train_state
 from fastnets.train import lcw as lcw_train
+
+from . import common, pacgan
 
 NAME = "lcw"
 

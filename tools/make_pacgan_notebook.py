@@ -62,7 +62,7 @@ cells = [
         '## The whole table\n'
         "`experiments.pacgan.run` trains GAN and PacGAN2/3/4 on the ring and the grid over several seeds and returns the table beside the paper's (`python -m experiments.pacgan --quick --workdir=runs/pacgan` from a shell)."),
     code(
-        'from experiments import pacgan as exp\n'
+        'from fastnets.experiments import pacgan as exp\n'
         "config = dict(exp.SMOKE if SMOKE else exp.QUICK, workdir='', datasets=['ring'], degrees=[1, 2])\n"
         'results = exp.run(config)\n'
         "print(results['table'])"),
