@@ -1,0 +1,180 @@
+"""Cost-aware recomputation, the chain planner and the planned Flax chain (issue 18)."""
+
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from fastnets import benchmarking
+from fastnets.ops import memory_planning as R
+
+
+def _conv_block(w, h):
+  c = jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return h + jnp.tanh(jnp.tanh(c) * 1.5)
+
+
+def _block(w, h):
+  """A dense residual block (compiles much faster than a convolution on XLA:CPU)."""
+  return h + jnp.tanh(jnp.tanh(h @ w) * 1.5)
+
+
+def _stack_loss(wrap, depth):
+  def loss(ws, x):
+    h = x
+    for i in range(depth):
+      h = wrap(_block)(ws[i], h)
+    return jnp.sum(h * h)
+  return loss
+
+
+def _stack_args(depth=4, n=8, d=16):
+  ws = jax.random.normal(jax.random.key(0), (depth, d, d)) / np.sqrt(d)
+  x = jax.random.normal(jax.random.key(1), (n, d))
+  return ws, x
+
+
+def test_remat_gradients_equal_plain_autodiff():
+  ws, x = _stack_args()
+  ref = jax.jit(jax.grad(_stack_loss(lambda f: f, 4), argnums=(0, 1)))(ws, x)
+  for strategy, tie in [(s, True) for s in R.STRATEGIES] + [("cost_aware", False)]:
+    got = jax.jit(jax.grad(_stack_loss(lambda f: R.remat(f, strategy, tie=tie), 4),
+                           argnums=(0, 1)))(ws, x)
+    for a, b in zip(ref, got):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=f"{strategy} tie={tie}")
+
+
+def test_remat_check_grads_float64():
+  with jax.enable_x64():
+    w = jax.random.normal(jax.random.key(0), (3, 3), jnp.float64) * 0.3
+    x = jax.random.normal(jax.random.key(1), (2, 3), jnp.float64)
+    for strategy in ("cost_aware", "recompute"):
+      check_grads(R.remat(_block, strategy), (w, x), order=1, modes=["rev"])
+
+
+def test_tie_makes_recomputation_save_memory_on_unrolled_stack():
+  """The finding of docs/MEMORY.md: bare jax.checkpoint keeps forward values (XLA merges the
+  recomputation back), the tied version keeps only block inputs."""
+  depth = 8
+  ws, x = _stack_args(depth, n=256, d=32)
+
+  def temp(wrap):
+    return benchmarking.compiled_memory(jax.grad(_stack_loss(wrap, depth)), ws, x)["temp_bytes"]
+
+  plain = temp(lambda f: f)
+  tied = temp(lambda f: R.remat(f, "recompute"))
+  bare = temp(lambda f: R.remat(f, "recompute", tie=False))
+  act = x.size * 4
+  assert tied < 0.6 * plain
+  assert tied < bare
+  assert tied <= (depth + 4) * act
+
+
+def test_cost_aware_policy_keeps_convolutions_and_recomputes_elementwise():
+  w = jax.ShapeDtypeStruct((3, 3, 8, 8), jnp.float32)
+  x = jax.ShapeDtypeStruct((2, 8, 8, 8), jnp.float32)
+  saved = {}
+  for strategy in R.STRATEGIES:
+    saved[strategy] = R.residual_bytes(R.remat(_conv_block, strategy), w, x,
+                                       free_argnums=(0,))
+  act = int(np.prod(x.shape)) * 4
+  assert saved["recompute"] == act                 # the input only
+  assert saved["cost_aware"] == 2 * act            # the input and the conv output
+  assert saved["store"] > saved["cost_aware"]
+  policy = R.cost_aware_policy(4.0)
+  aval = jax.core.ShapedArray(x.shape, x.dtype)
+  assert not policy(jax.lax.tanh_p, aval)
+  assert R.flops_per_byte(jax.lax.tanh_p, aval) == pytest.approx(0.25)
+  mat = jax.core.ShapedArray((4, 64), jnp.float32)
+  assert policy(jax.lax.dot_general_p, mat, jax.core.ShapedArray((64, 8), jnp.float32),
+                dimension_numbers=(((1,), (0,)), ((), ())), precision=None,
+                preferred_element_type=jnp.float32, out_sharding=None)
+
+
+def test_cost_aware_policy_bad_threshold():
+  for bad in (0, -1.0, float("inf")):
+    with pytest.raises(ValueError, match="min_flops_per_byte"):
+      R.cost_aware_policy(bad)
+  with pytest.raises(ValueError, match="strategy"):
+    R.remat(_block, "everything")
+
+
+# ------------------------------------------------------------------------------------------------
+# The chain planner.
+
+
+def _brute_force(options, budget):
+  best = None
+  for choice in itertools.product(*[range(len(o)) for o in options]):
+    if R.chain_peak_bytes(options, choice) <= budget:
+      cost = sum(options[i][k].cost for i, k in enumerate(choice))
+      if best is None or cost < best[0]:
+        best = (cost, choice)
+  return best
+
+
+_OPTION = st.tuples(st.integers(0, 20), st.integers(0, 30), st.integers(0, 50))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.lists(_OPTION, min_size=1, max_size=3), min_size=1, max_size=5),
+       st.integers(1, 120))
+def test_plan_chain_matches_brute_force(raw, budget):
+  options = [[R.ChainOption(f"s{k}", m, p, float(c)) for k, (m, p, c) in enumerate(opts)]
+             for opts in raw]
+  best = _brute_force(options, budget)
+  if best is None:
+    with pytest.raises(ValueError, match="least peak"):
+      R.plan_chain(options, budget)
+    assert R.min_peak_bytes(options) > budget
+    return
+  plan = R.plan_chain(options, budget)
+  assert plan.cost == pytest.approx(best[0])
+  assert plan.peak_bytes == R.chain_peak_bytes(options, plan.choices) <= budget
+  assert R.min_peak_bytes(options) == min(
+      R.chain_peak_bytes(options, c) for c in itertools.product(*[range(len(o)) for o in options]))
+
+
+def _resnet_like_options(n):
+  rng = np.random.default_rng(0)
+  out = []
+  for _ in range(n):
+    a = int(rng.integers(1, 5)) * 1000
+    out.append([R.ChainOption("store", 6 * a, 7 * a, 3.0 * a),
+                R.ChainOption("cost_aware", 3 * a, 7 * a, 3.3 * a),
+                R.ChainOption("recompute", a, 7 * a, 4.0 * a),
+                R.ChainOption("reversible", 0, 8 * a, 4.1 * a)])
+  return out
+
+
+def test_plan_chain_fast_deterministic_and_monotone():
+  options = _resnet_like_options(400)
+  least = R.min_peak_bytes(options)
+  start = time.perf_counter()
+  plan = R.plan_chain(options, 3 * least)
+  assert time.perf_counter() - start < 1.0
+  again = R.plan_chain(options, 3 * least)
+  assert (again.choices, again.peak_bytes, again.cost) == (plan.choices, plan.peak_bytes,
+                                                            plan.cost)
+  costs = [R.plan_chain(options, b * least).cost for b in (1, 1.5, 3, 100)]
+  assert costs == sorted(costs, reverse=True)
+  assert set(R.plan_chain(options, 10**12).strategies) == {"store"}
+
+
+def test_plan_chain_bad_budgets():
+  options = _resnet_like_options(3)
+  least = R.min_peak_bytes(options)
+  with pytest.raises(ValueError, match=f"least peak of this chain is {least} bytes"):
+    R.plan_chain(options, least - 1)
+  for bad in (0, -5, float("nan")):
+    with pytest.raises(ValueError, match="budget_bytes must be a positive"):
+      R.plan_chain(options, bad)
+  with pytest.raises(ValueError, match="at least one block"):
+    R.plan_chain([], 100)
