@@ -1,6 +1,7 @@
 """Cost-aware recomputation, the chain planner and the planned Flax chain (issue 18)."""
 
 import itertools
+import textwrap
 import time
 
 import jax
@@ -178,3 +179,119 @@ def test_plan_chain_bad_budgets():
       R.plan_chain(options, bad)
   with pytest.raises(ValueError, match="at least one block"):
     R.plan_chain([], 100)
+
+
+# ------------------------------------------------------------------------------------------------
+# Flax: remat_apply on an unmodified model, planned chains, the planner end to end.
+
+import flax.linen as nn  # noqa: E402
+
+from fastnets import nn as fnn  # noqa: E402
+from fastnets.models.resnet import BasicBlock, ResNet  # noqa: E402
+from fastnets.nn import memory_planning as MP  # noqa: E402
+from tests.conftest import run_python  # noqa: E402
+
+
+def _assert_trees_close(got, ref, rtol=1e-5):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got)):
+    a, b = np.asarray(a), np.asarray(b)
+    # Gradients that are zero in exact arithmetic (a bias before batch norm) are rounding noise:
+    # an absolute floor relative to the tree's largest entry.
+    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(ref))
+    np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_remat_apply_unmodified_flax_model_gradients_equal(tiny_cnn):
+  model = tiny_cnn  # a stock fastnets model, with dropout: the rng reaches the recomputation
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  variables = jax.jit(lambda k: model.init(k, x))(jax.random.key(1))
+  rngs = {"dropout": jax.random.key(2)}
+
+  def grads(apply):
+    def loss(params):
+      return jnp.sum(apply({**variables, "params": params}, x, train=True, rngs=rngs) ** 2)
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  ref = grads(model.apply)
+  for strategy in R.STRATEGIES[1:]:
+    _assert_trees_close(grads(MP.remat_apply(model, strategy)), ref)
+
+
+def _chain(depth=3, reversible=False):
+  blocks = [BasicBlock(4) for _ in range(depth)]
+  if reversible:
+    blocks.append(fnn.RevBlock(f=nn.Conv(2, (3, 3), use_bias=False)))
+  return MP.Chain(blocks)
+
+
+def _chain_args(chain, n=2):
+  x = jax.random.normal(jax.random.key(0), (n, 4, 4, 4))
+  return jax.jit(lambda k: chain.init(k, x))(jax.random.key(1)), x
+
+
+def test_planned_apply_every_strategy_equals_plain_autodiff_and_updates_state_once():
+  chain = _chain(2, reversible=True)
+  variables, x = _chain_args(chain)
+  ref = jax.jit(MP.training_step(chain.apply))(variables, x)
+  mixes = [("store", "cost_aware", "reversible"), ("recompute", "recompute", "cost_aware")]
+  for mix in mixes:
+    got = jax.jit(MP.training_step(MP.planned_apply(chain, mix)))(variables, x)
+    _assert_trees_close(got, ref)
+  assert MP.block_strategies(chain.blocks[0]) == ("store", "cost_aware", "recompute")
+  assert "reversible" in MP.block_strategies(chain.blocks[-1])
+  with pytest.raises(ValueError, match="not available"):
+    MP.planned_apply(chain, ("reversible", "store", "store"))
+  with pytest.raises(ValueError, match="one strategy per block"):
+    MP.planned_apply(chain, ("store",))
+
+
+def test_plan_memory_tighter_budget_less_compiled_memory_deterministic():
+  chain = _chain(3)
+  variables, x = _chain_args(chain, n=16)
+  loose = MP.plan_memory(chain, variables, x, 10**9)
+  assert set(loose.strategies) == {"store"}
+  assert loose.compiled_temp_bytes == loose.uniform_temp_bytes["store"]
+  least = R.min_peak_bytes(loose.options)
+  again = dict(calibrate=loose.uniform_temp_bytes, options=loose.block_figures)
+  tight = MP.plan_memory(chain, variables, x, least, **again)
+  assert tight.strategies == MP.plan_memory(chain, variables, x, least, **again).strategies
+  assert set(tight.strategies) != {"store"}
+  assert tight.compiled_temp_bytes < loose.compiled_temp_bytes
+  assert tight.estimate_bytes <= least
+  assert "CPU" in tight.unavailable["offload"] or "implemented" in tight.unavailable["offload"]
+  with pytest.raises(ValueError, match="least peak"):
+    MP.plan_memory(chain, variables, x, least // 2, **again)
+  with pytest.raises(ValueError, match="positive"):
+    MP.plan_memory(chain, variables, x, 0)
+
+
+def test_planner_needs_a_chain():
+  model = ResNet(num_classes=3, depth=8, widths=(4, 4, 4, 4))
+  with pytest.raises(TypeError, match="needs a chain"):
+    MP.chain_blocks(model)
+  with pytest.raises(TypeError, match="needs a chain"):
+    MP.plan_memory(model, {}, jnp.zeros((1, 4, 4, 1)), 10**6)
+
+
+def test_planned_chain_on_four_forced_host_devices():
+  out = run_python(textwrap.dedent("""
+      import jax, jax.numpy as jnp, numpy as np
+      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+      from fastnets.models.resnet import BasicBlock
+      from fastnets.nn import memory_planning as MP
+      assert jax.device_count() == 4
+      chain = MP.Chain([BasicBlock(4) for _ in range(2)])
+      x = jax.random.normal(jax.random.key(0), (8, 4, 4, 4))
+      v = jax.jit(lambda k: chain.init(k, x))(jax.random.key(1))
+      ref = jax.jit(MP.training_step(chain.apply))(v, x)
+      mesh = Mesh(np.array(jax.devices()), ("data",))
+      xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+      step = jax.jit(MP.training_step(MP.planned_apply(chain, ("cost_aware", "recompute"))))
+      got = step(v, xs)
+      err = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(ref), jax.tree.leaves(got)))
+      scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(ref))
+      print("ERR", err / scale)
+      """), devices=4)
+  assert float(out.split("ERR")[1]) < 1e-5

@@ -68,6 +68,14 @@ def _abstract_outputs(primitive, avals, params):
   return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
+def _aval_bytes(aval) -> int:
+  """Bytes of an abstract value; 0 for PRNG keys and other extended dtypes (no plain layout)."""
+  dtype = getattr(aval, "dtype", None)
+  if dtype is None or jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
+    return 0
+  return int(math.prod(aval.shape)) * jnp.dtype(dtype).itemsize
+
+
 def flops_per_byte(primitive, *avals, **params) -> float:
   """FLOPs of one primitive application per byte of its outputs (`primitive_flops` / bytes).
 
@@ -77,8 +85,7 @@ def flops_per_byte(primitive, *avals, **params) -> float:
   outs = _abstract_outputs(primitive, avals, params)
   if not outs:
     return 0.0
-  nbytes = sum(int(math.prod(o.shape)) * jnp.dtype(o.dtype).itemsize for o in outs
-               if hasattr(o, "shape") and hasattr(o, "dtype"))
+  nbytes = sum(_aval_bytes(o) for o in outs)
   if nbytes == 0:
     return 0.0
   return primitive_flops(primitive, avals, outs, **params) / nbytes
@@ -221,10 +228,7 @@ def residual_bytes(fn: Callable[..., Any], *args: Any, free_argnums: Sequence[in
     seen.add(id(var))
     if var in invars and invars.index(var) in free:
       continue
-    aval = var.aval
-    if not hasattr(aval, "dtype") or jax.dtypes.issubdtype(aval.dtype, jax.dtypes.extended):
-      continue
-    total += int(math.prod(aval.shape)) * jnp.dtype(aval.dtype).itemsize
+    total += _aval_bytes(var.aval)
   return total
 
 
