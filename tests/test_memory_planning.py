@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from fastnets import benchmarking
+from fastnets import benchmarking, evidence
 from fastnets.ops import memory_planning as R
 
 
@@ -295,3 +295,45 @@ def test_planned_chain_on_four_forced_host_devices():
       print("ERR", err / scale)
       """), devices=4)
   assert float(out.split("ERR")[1]) < 1e-5
+
+
+def test_chain_models_bad_input():
+  from fastnets.models.chains import resnet_chain, revnet_chain
+  assert len(resnet_chain(3, 4).blocks) == 5
+  with pytest.raises(ValueError, match="depth"):
+    resnet_chain(0, 4)
+  with pytest.raises(ValueError, match="even"):
+    revnet_chain(2, 5)
+
+
+def test_memory_planning_report_rows_verdicts():
+  from experiments import memory_planning as E
+
+  def rows(times, temp):
+    return {str(d): {"temp_bytes": temp * d, "step_time_s": float(np.median(times)),
+                     "step_times_s": list(times)} for d in (8, 16, 32)}
+
+  plain_t = [1.0, 1.1, 0.9, 1.0, 1.05]
+  results = {
+      "config": {"depths": [8, 16, 32], "width": 8, "batch": 16, "budget_depth": 8,
+                 "repeats": 5},
+      "devices": {"platform": "cpu"},
+      "metrics": {
+          "strategies": {"plain": rows(plain_t, 100), "cost_aware": rows(plain_t, 40),
+                         "recompute": rows([1.3 * t for t in plain_t], 20),
+                         "planner": rows([1.1 * t for t in plain_t], 24)},
+          "budget_bytes": 800, "max_depth_at_budget": {"plain": 8, "planner": 32},
+          "planner_solve_s": 0.01, "grad_max_rel_err": {"cost_aware": 0.0, "planner": 2e-7}}}
+  out = {r["technique"]: r for r in E.report_rows(results)}
+  for r in out.values():
+    evidence.check_row(r)
+  assert out["Cost-aware recomputation (SuperNeurons): memory"]["verdict"].startswith(
+      "reproduced")
+  assert out["Memory planner: depth within a budget"]["verdict"].startswith("reproduced")
+  assert "vs recompute" in out["Memory planner: step time at the budget"]["ours"]
+  assert out["Memory planning: gradients"]["verdict"].startswith("reproduced")
+  results["metrics"]["grad_max_rel_err"]["recompute"] = 1e-3
+  results["metrics"]["max_depth_at_budget"]["planner"] = 16
+  out = {r["technique"]: r for r in E.report_rows(results)}
+  assert out["Memory planning: gradients"]["verdict"] == evidence.NOT_REPRODUCED
+  assert out["Memory planner: depth within a budget"]["verdict"] == evidence.NOT_REPRODUCED

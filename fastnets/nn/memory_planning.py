@@ -410,16 +410,21 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
                     calibration=factors, uniform_temp_bytes=measured)
 
 
-def training_step(apply_fn: Callable[..., Any], train: bool = True) -> Callable[..., Any]:
-  """`step(variables, x) -> (gradient w.r.t. params, updated state)` of sum(y^2) for a chain's
-  apply (`chain.apply` or `planned_apply(...)`): what the planner's memory figures refer to."""
+def training_step(apply_fn: Callable[..., Any], train: bool = True,
+                  loss_fn: Callable[[jax.Array], jax.Array] | None = None) -> Callable[..., Any]:
+  """`step(variables, x) -> (gradient w.r.t. params, updated state)` for a chain's apply
+  (`chain.apply` or `planned_apply(...)`): what the planner's memory figures refer to.
+
+  `loss_fn(output) -> scalar` (default: the sum of squares of the output).
+  """
 
   def step(variables, x):
     cols = [c for c in variables if c != "params"] if train else []
 
     def loss(params):
       out = apply_fn({**variables, "params": params}, x, train=train, mutable=cols)
-      return _sum_outputs(out), out[1]
+      value = _sum_outputs(out) if loss_fn is None else loss_fn(out[0])
+      return value, out[1]
     return jax.grad(loss, has_aux=True)(variables["params"])
 
   return step
