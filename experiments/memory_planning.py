@@ -63,7 +63,8 @@ DEFAULTS = {
     "min_flops_per_byte": 4.0,
     "seed": 0,
 }
-QUICK = {"depths": [8, 16, 32], "batch": 16, "width": 8, "warmup": 1, "repeats": 5}
+QUICK = {"depths": [4, 8, 16], "budget_depth": 4, "batch": 16, "width": 8, "warmup": 1,
+         "repeats": 5}
 SMOKE = {"depths": [2, 4], "budget_depth": 2, "batch": 2, "width": 4, "warmup": 1, "repeats": 2}
 PAPER = {
     "claim": "SuperNeurons: cost-aware recomputation keeps the memory of recomputation at a small "
@@ -180,7 +181,7 @@ def run(config: dict) -> dict:
       record = {"min_reachable_model_bytes": min_peak_bytes(options)}
       try:
         plan = mp.plan_memory(chain, variables, x, budget, calibrate=temps, options=options,
-                              min_flops_per_byte=mfpb)
+                              min_flops_per_byte=mfpb, loss_fn=loss_fn)
       except ValueError as err:
         record["error"] = str(err)
         plan = None
@@ -188,12 +189,10 @@ def run(config: dict) -> dict:
         counts = {s: plan.strategies.count(s) for s in sorted(set(plan.strategies))}
         record.update(strategies=counts, estimate_bytes=plan.estimate_bytes,
                       compiled_temp_bytes=plan.compiled_temp_bytes, solve_s=plan.solve_s,
-                      fits=plan.compiled_temp_bytes <= budget, calibration=plan.calibration)
+                      fits=plan.compiled_temp_bytes <= budget, calibration=plan.calibration,
+                      refinements=plan.refinements)
         metrics["strategies"]["planner"][str(depth)] = {"temp_bytes": plan.compiled_temp_bytes}
-        apply = mp.planned_apply(chain, plan.strategies, min_flops_per_byte=mfpb)
-        step = _compile(mp.training_step(apply, loss_fn=loss_fn), variables, x)
-        record["experiment_step_temp_bytes"] = benchmarking.memory_of(step)["temp_bytes"]
-        steps["planner"] = (step, variables)
+        steps["planner"] = (plan.executable, variables)
         metrics["planner_solve_s"] = max(metrics.get("planner_solve_s", 0.0), plan.solve_s)
       metrics["planner"][str(depth)] = record
     if "reversible" in strategies:

@@ -240,6 +240,9 @@ class MemoryPlan:
     solve_s: seconds the (last) dynamic program took.
     calibration: {strategy: compiled / estimated bytes} applied to the options.
     uniform_temp_bytes: {strategy: compiled temp bytes with every block on it} (calibration).
+    refinements: re-plans after a compiled overshoot.
+    executable: the compiled training step (`training_step` of `planned_apply`), callable as
+      `executable(variables, x)` when `variables` and `x` were arrays.
   """
   strategies: tuple[str, ...]
   estimate_bytes: int
@@ -252,6 +255,8 @@ class MemoryPlan:
   solve_s: float
   calibration: dict
   uniform_temp_bytes: dict
+  refinements: int = 0
+  executable: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def _nbytes(tree) -> int:
@@ -330,7 +335,8 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
                 strategies: Sequence[str] | None = None,
                 min_flops_per_byte: float = DEFAULT_MIN_FLOPS_PER_BYTE,
                 calibrate: bool | dict = True, max_refinements: int = 3,
-                options: Sequence[Sequence[ChainOption]] | None = None) -> MemoryPlan:
+                options: Sequence[Sequence[ChainOption]] | None = None,
+                loss_fn: Callable[[jax.Array], jax.Array] | None = None) -> MemoryPlan:
   """Chooses a strategy per block of `chain` minimising FLOPs with compiled memory <= budget.
 
   Three steps, each reading the compiler where it can:
@@ -359,6 +365,8 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
     max_refinements: re-plans after a compiled overshoot (0: plan once, report the figure).
     options: the uncalibrated `block_options` of this chain, to skip measuring them again (a
       previous plan's `block_figures`).
+    loss_fn: the loss of the training step that is compiled (`training_step`; default the sum
+      of squares of the output).
 
   Returns:
     A `MemoryPlan` (its `compiled_temp_bytes` may exceed the budget only if refinement ran out;
@@ -390,14 +398,17 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
   model = _scaled(options, factors)
   target = budget_bytes
   plan: ChainPlan = plan_chain(model, target)
+  refinements = 0
   for attempt in range(max_refinements + 1):
     if attempt:
       try:
         plan = plan_chain(model, target)
       except ValueError:  # the model cannot go lower: keep the last plan and its figure
         break
-    compiled = planned_step_memory(chain, plan.strategies, variables, x, train=train,
-                                   min_flops_per_byte=min_flops_per_byte)["temp_bytes"]
+      refinements = attempt
+    apply = planned_apply(chain, plan.strategies, min_flops_per_byte=min_flops_per_byte)
+    executable = jax.jit(training_step(apply, train, loss_fn)).lower(variables, x).compile()
+    compiled = benchmarking.memory_of(executable)["temp_bytes"]
     if compiled <= budget_bytes or attempt == max_refinements:
       break
     target = int(target * budget_bytes / compiled) - 1
@@ -407,7 +418,8 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
                     compiled_temp_bytes=compiled, cost=plan.cost, budget_bytes=int(budget_bytes),
                     options=model, block_figures=options,
                     unavailable={"offload": offload_support()[1]}, solve_s=plan.solve_s,
-                    calibration=factors, uniform_temp_bytes=measured)
+                    calibration=factors, uniform_temp_bytes=measured,
+                    refinements=refinements, executable=executable)
 
 
 def training_step(apply_fn: Callable[..., Any], train: bool = True,
