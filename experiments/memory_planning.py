@@ -65,7 +65,7 @@ DEFAULTS = {
 }
 QUICK = {"depths": [4, 8, 16], "budget_depth": 4, "batch": 16, "width": 8, "warmup": 1,
          "repeats": 5}
-SMOKE = {"depths": [2, 4], "budget_depth": 2, "batch": 2, "width": 4, "warmup": 1, "repeats": 2}
+SMOKE = {"depths": [1, 2], "budget_depth": 1, "batch": 2, "width": 4, "warmup": 1, "repeats": 2}
 PAPER = {
     "claim": "SuperNeurons: cost-aware recomputation keeps the memory of recomputation at a small "
              "time cost, and with liveness analysis and offload trains much deeper networks in a "
@@ -190,7 +190,7 @@ def run(config: dict) -> dict:
         record.update(strategies=counts, estimate_bytes=plan.estimate_bytes,
                       compiled_temp_bytes=plan.compiled_temp_bytes, solve_s=plan.solve_s,
                       fits=plan.compiled_temp_bytes <= budget, calibration=plan.calibration,
-                      refinements=plan.refinements)
+                      refinements=plan.refinements, uniform_fallback=plan.uniform_fallback)
         metrics["strategies"]["planner"][str(depth)] = {"temp_bytes": plan.compiled_temp_bytes}
         steps["planner"] = (plan.executable, variables)
         metrics["planner_solve_s"] = max(metrics.get("planner_solve_s", 0.0), plan.solve_s)

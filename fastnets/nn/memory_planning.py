@@ -241,6 +241,8 @@ class MemoryPlan:
     calibration: {strategy: compiled / estimated bytes} applied to the options.
     uniform_temp_bytes: {strategy: compiled temp bytes with every block on it} (calibration).
     refinements: re-plans after a compiled overshoot.
+    uniform_fallback: the uniform strategy used when no refined plan compiled within the budget
+      but that strategy's measured compiled figure did (None otherwise).
     executable: the compiled training step (`training_step` of `planned_apply`), callable as
       `executable(variables, x)` when `variables` and `x` were arrays.
   """
@@ -256,6 +258,7 @@ class MemoryPlan:
   calibration: dict
   uniform_temp_bytes: dict
   refinements: int = 0
+  uniform_fallback: str | None = None
   executable: Any = dataclasses.field(default=None, compare=False, repr=False)
 
 
@@ -347,7 +350,9 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
      compiled / estimated (pass a dict {strategy: compiled temp bytes} to reuse measurements);
   3. the exact chain DP (`fastnets.ops.plan_chain`) on the calibrated figures, then the planned
      step is compiled; while its temp memory exceeds the budget (the model is an estimate), the
-     DP is re-run with the budget lowered by the overshoot, up to `max_refinements` times.
+     DP is re-run with the budget lowered by the overshoot, up to `max_refinements` times; if
+     it still overshoots, the cheapest uniform strategy whose measured compiled figure fits is
+     used (`uniform_fallback`).
 
   Args:
     chain: a `Chain` or `flax.linen.Sequential` (else TypeError saying what is needed).
@@ -414,12 +419,30 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
     target = int(target * budget_bytes / compiled) - 1
     if target <= 0:
       break
+  fallback = None
+  if compiled > budget_bytes:
+    # The model could not get the compiled step under the budget, but a uniform strategy whose
+    # compiled figure (measured for the calibration) fits is a valid plan: take the cheapest.
+    fitting = [st for st, t in measured.items() if t <= budget_bytes]
+    if fitting:
+      names = [[o.strategy for o in opts] for opts in model]
+      fallback = min(fitting, key=lambda st: (sum(
+          opts[n.index(st)].cost for opts, n in zip(model, names)), st))
+      choices = tuple(n.index(fallback) for n in names)
+      plan = ChainPlan(strategies=(fallback,) * len(model), choices=choices,
+                       peak_bytes=chain_peak_bytes(model, choices),
+                       cost=sum(opts[k].cost for opts, k in zip(model, choices)),
+                       budget_bytes=int(budget_bytes), solve_s=plan.solve_s)
+      apply = planned_apply(chain, plan.strategies, min_flops_per_byte=min_flops_per_byte)
+      executable = jax.jit(training_step(apply, train, loss_fn)).lower(variables, x).compile()
+      compiled = benchmarking.memory_of(executable)["temp_bytes"]
   return MemoryPlan(strategies=plan.strategies, estimate_bytes=plan.peak_bytes,
                     compiled_temp_bytes=compiled, cost=plan.cost, budget_bytes=int(budget_bytes),
                     options=model, block_figures=options,
                     unavailable={"offload": offload_support()[1]}, solve_s=plan.solve_s,
                     calibration=factors, uniform_temp_bytes=measured,
-                    refinements=refinements, executable=executable)
+                    refinements=refinements, executable=executable,
+                    uniform_fallback=fallback)
 
 
 def training_step(apply_fn: Callable[..., Any], train: bool = True,
