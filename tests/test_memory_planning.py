@@ -99,6 +99,20 @@ def test_cost_aware_policy_keeps_convolutions_and_recomputes_elementwise():
                 preferred_element_type=jnp.float32, out_sharding=None)
 
 
+def test_primitive_flops_matches_conv_flops_and_counts_recomputation():
+  from fastnets.ops.flops import conv_flops, flops_of
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 3, 5), jnp.float32)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert flops_of(conv, x, w) == conv_flops(x.shape, w.shape)
+  a, b = jnp.ones((4, 8)), jnp.ones((8, 16))
+  assert flops_of(lambda a, b: a @ b, a, b) == 2 * 4 * 8 * 16
+  f = lambda a, b: jnp.sum(jnp.tanh(a @ b))
+  plain, recomputed = flops_of(jax.grad(f), a, b), flops_of(jax.grad(jax.checkpoint(f)), a, b)
+  assert recomputed > plain  # the checkpointed gradient counts its recomputation
+
+
 def test_cost_aware_policy_bad_threshold():
   for bad in (0, -1.0, float("inf")):
     with pytest.raises(ValueError, match="min_flops_per_byte"):

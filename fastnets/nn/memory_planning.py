@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -377,7 +378,7 @@ def plan_memory(chain: Any, variables: Any, x: Any, budget_bytes: int, *, train:
     A `MemoryPlan` (its `compiled_temp_bytes` may exceed the budget only if refinement ran out;
     check it).
   """
-  if not (isinstance(budget_bytes, (int, float)) and budget_bytes > 0):
+  if not (isinstance(budget_bytes, numbers.Real) and budget_bytes > 0):
     raise ValueError(f"budget_bytes must be a positive number of bytes, got {budget_bytes!r}.")
   if options is None:
     options = block_options(chain, variables, x, train=train, strategies=strategies,
