@@ -227,6 +227,7 @@ def run(config: dict) -> dict:
   for name, rows in metrics["strategies"].items():
     fitting = [int(d) for d, r in rows.items() if r["temp_bytes"] <= budget]
     metrics["max_depth_at_budget"][name] = max(fitting) if fitting else 0
+  metrics.setdefault("planner_solve_s", None)  # None: no plan was solved (no planner, or none fit)
   metrics["offload"] = mp.offload_support()[1]
   plot = None
   if config["workdir"]:
