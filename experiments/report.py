@@ -48,6 +48,7 @@ EXPERIMENTS = [
     "bench_sparse_conv",
     "bench_reversible",
     "bench_bt_rnn",
+    "memory_planning",
 ]
 
 # Rough quick-setting durations in seconds on 2 idle CPU cores, for the progress line's estimate
@@ -58,7 +59,7 @@ EXPECTED_S = {
     "bench_fastfood": 40, "bench_rounding": 20, "bench_sparse_conv": 60, "bench_reversible": 40,
     "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
     "gm_sop": 120, "pkt": 120,
-    "lcw": 160,
+    "lcw": 160, "memory_planning": 100,
 }
 DEFAULT_EXPECTED_S = 90
 

@@ -7,6 +7,9 @@ two variants timed in the same round; `ratio_summary` gives its median and a 95%
 geometric mean (Student t over the rounds' log ratios), and `judge_ratio` turns that interval into
 a `fastnets.evidence` verdict. Absolute times are printed, never judged.
 
+Memory is measured, not estimated: `compiled_memory` reads the compiled executable's
+`memory_analysis()` (deterministic for a given program, backend and XLA version).
+
 A leaf module: jax, numpy and `fastnets.evidence` only.
 """
 
@@ -51,6 +54,31 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 2,
       times[name].append(time.perf_counter() - start)
   return {"times": times, "median": {n: float(np.median(t)) for n, t in times.items()},
           "min": {n: float(np.min(t)) for n, t in times.items()}, "outputs": outputs}
+
+
+def compiled_memory(fn: Callable[..., Any], *args: Any, **jit_kwargs: Any) -> dict:
+  """Byte counts of `jax.jit(fn, **jit_kwargs)` compiled for `args` (nothing runs).
+
+  Returns {"temp_bytes", "argument_bytes", "output_bytes", "alias_bytes", "peak_bytes"} from
+  `compile().memory_analysis()`: temp is the scratch XLA allocates besides arguments and outputs
+  (activations kept for the backward pass, workspaces); peak is XLA's own peak figure where the
+  backend reports one (else temp + arguments + outputs - aliased).
+  """
+  return memory_of(jax.jit(fn, **jit_kwargs).lower(*args).compile())
+
+
+def memory_of(compiled: Any) -> dict:
+  """`compiled_memory`'s figures for an already compiled executable (`jit(f).lower().compile()`),
+  so that the executable that is measured is also the one that is timed."""
+  mem = compiled.memory_analysis()
+  out = {"temp_bytes": int(mem.temp_size_in_bytes),
+         "argument_bytes": int(mem.argument_size_in_bytes),
+         "output_bytes": int(mem.output_size_in_bytes),
+         "alias_bytes": int(mem.alias_size_in_bytes)}
+  peak = getattr(mem, "peak_memory_in_bytes", 0)
+  out["peak_bytes"] = int(peak) if peak else (out["temp_bytes"] + out["argument_bytes"]
+                                               + out["output_bytes"] - out["alias_bytes"])
+  return out
 
 
 def ratio_summary(numerator, denominator) -> dict:

@@ -47,7 +47,16 @@ from fastnets.nn.binary import (  # noqa: F401
     PackedBinaryKernel,
 )
 
+# Memory planning: cost-aware recomputation of Flax models and a per-block planner (issue 18).
+from fastnets.nn.memory_planning import (  # noqa: F401
+    block_options, block_strategies, Chain, chain_blocks, MemoryPlan, offload_support,
+    plan_memory, planned_apply, planned_step_memory, remat_apply, training_step,
+)
+
 __all__ = [
+    "block_options", "block_strategies", "Chain", "chain_blocks", "MemoryPlan",
+    "offload_support", "plan_memory", "planned_apply", "planned_step_memory", "remat_apply",
+    "training_step",
     "ABCConv", "ABCDense", "binary_apply", "binary_layer_paths", "is_binary_layer",
     "pack_binary_variables", "PackedBinaryKernel",
     "CovariancePooling", "GMSOP",

@@ -91,7 +91,17 @@ from fastnets.ops.binary import (  # noqa: F401
     KTANH_TABLE, ktanh, pack_bits, packed_dot, packed_matmul, packed_words,
 )
 
+# Memory planning: cost-aware recomputation (SuperNeurons, Wang et al. 2018) and a chain planner.
+from fastnets.ops.flops import flops_of, primitive_flops  # noqa: F401
+from fastnets.ops.memory_planning import (  # noqa: F401
+    chain_peak_bytes, ChainOption, ChainPlan, cost_aware_policy, flops_per_byte, min_peak_bytes,
+    plan_chain, remat, residual_bytes,
+)
+
 __all__ = [
+    "chain_peak_bytes", "ChainOption", "ChainPlan", "cost_aware_policy", "flops_of",
+    "flops_per_byte", "min_peak_bytes", "plan_chain", "primitive_flops", "remat",
+    "residual_bytes",
     "binary_activations", "binary_approximation_error", "binary_bases", "binary_shifts",
     "binary_weights", "KTANH_TABLE", "ktanh", "pack_bits", "packed_dot", "packed_matmul",
     "packed_words",

@@ -2,9 +2,11 @@
 
 One home for FLOP counting: `conv_flops` (one convolution from its shapes, dense or with a given
 number of nonzero weights, as in Escort's sparse convolutions), `conv_flops_of` (every
-`lax.conv_general_dilated` a traced function executes, forward and backward) and
-`model_conv_flops` (a Flax model's forward pass or training step). FLOPs are 2 per
-multiply-accumulate; zero padding counts as work, as usual for analytic counts.
+`lax.conv_general_dilated` a traced function executes, forward and backward),
+`model_conv_flops` (a Flax model's forward pass or training step), and for every primitive, not
+only convolutions, `primitive_flops` (one equation, from its abstract values: what a
+`jax.checkpoint` policy sees) and `flops_of` (a whole traced function, recomputation included).
+FLOPs are 2 per multiply-accumulate; zero padding counts as work, as usual for analytic counts.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 
 from fastnets.sparse_format import Padding, conv_output_geometry
 
-__all__ = ["conv_flops", "conv_flops_of", "model_conv_flops"]
+__all__ = ["conv_flops", "conv_flops_of", "flops_of", "model_conv_flops", "primitive_flops"]
 
 
 def conv_flops(x_shape, kernel_shape, strides=(1, 1), padding: Padding = "SAME",
@@ -152,3 +155,79 @@ def model_conv_flops(model: Any, input_shape: Sequence[int], *, training_step: b
 
   fn = jax.grad(forward) if training_step else forward
   return conv_flops_of(fn, params, variables, x)
+
+
+def _size(aval) -> int:
+  return int(math.prod(getattr(aval, "shape", ())))
+
+
+def primitive_flops(primitive: Any, in_avals: Sequence[Any], out_avals: Sequence[Any],
+                    **params: Any) -> int:
+  """Analytic FLOPs of one primitive application, from abstract values only.
+
+  Matrix products (`dot_general`: 2 x output size x contracted size) and convolutions (as in
+  `conv_flops_of`) count their multiply-adds; a reduction counts one operation per input element;
+  every other primitive (elementwise arithmetic, transcendental functions, comparisons, copies,
+  reshapes) counts one per output element. This is the cost model of cost-aware recomputation
+  (SuperNeurons, Wang et al. 2018, Sec. 3.3: convolutions and matrix products are the expensive
+  layers, normalisation, activations and pooling the cheap ones), not a timing.
+
+  Args:
+    primitive: a `jax.extend.core.Primitive` (or anything with a `name`).
+    in_avals, out_avals: the equation's input and output abstract values (shapes and dtypes).
+    **params: the equation's parameters (dimension numbers and the like).
+
+  Returns:
+    FLOPs as an int (0 for primitives whose outputs have no elements).
+  """
+  name = getattr(primitive, "name", str(primitive))
+  if name == "dot_general":
+    (contract, _), _ = params["dimension_numbers"]
+    lhs = in_avals[0].shape
+    return 2 * sum(_size(a) for a in out_avals) * int(math.prod(lhs[d] for d in contract))
+  if name == "conv_general_dilated":
+    rhs_shape = in_avals[1].shape
+    rhs_spec = params["dimension_numbers"].rhs_spec
+    macs = _size(out_avals[0]) * rhs_shape[rhs_spec[1]] * math.prod(
+        rhs_shape[d] for d in rhs_spec[2:])
+    macs /= math.prod(params.get("lhs_dilation") or (1,))
+    return 2 * int(round(macs))
+  if name.startswith(("reduce_", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin")):
+    return sum(_size(a) for a in in_avals)
+  return sum(_size(a) for a in out_avals)
+
+
+def _sub_jaxprs(eqn) -> list:
+  subs = []
+  for value in eqn.params.values():
+    for item in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        subs.append(item.jaxpr)
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        subs.append(item)
+  return subs
+
+
+def _jaxpr_flops(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    subs = _sub_jaxprs(eqn)
+    if not subs:
+      total += primitive_flops(eqn.primitive, [v.aval for v in eqn.invars],
+                               [v.aval for v in eqn.outvars], **eqn.params)
+    elif eqn.primitive.name == "cond":  # Only one branch runs: count the most expensive.
+      total += max(_jaxpr_flops(sub) for sub in subs)
+    else:  # pjit, remat, custom_jvp/vjp calls (their primal body), scan (x length), while.
+      mult = int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" else 1
+      total += mult * sum(_jaxpr_flops(sub) for sub in subs)
+  return total
+
+
+def flops_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+  """Analytic FLOPs of every primitive `fn(*args, **kwargs)` executes (see `primitive_flops`).
+
+  Traces `fn` (args may be `jax.ShapeDtypeStruct`s). Pass a gradient function to count a training
+  step: the forward, the backward and any recomputation that `jax.checkpoint` inserts. A
+  `custom_vjp` function's backward is traced only when the gradient is (its rule counts then).
+  """
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
