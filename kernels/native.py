@@ -39,13 +39,24 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = ["NativeBuildError", "available", "build_error", "fwht_native", "has_compiler",
-           "library_path"]
+           "library_path", "sparse_conv_ffi", "sparse_conv_supported"]
 
-_SOURCE = pathlib.Path(__file__).resolve().parent / "csrc" / "fwht_cpu.cc"
+_CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
+_SOURCES = (_CSRC / "fwht_cpu.cc", _CSRC / "sparse_conv_cpu.cc")
+_HEADERS = (_CSRC / "parallel_for.h",)
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 _TARGETS = {jnp.dtype(jnp.float32): ("fastnets_fwht_f32", "FastnetsFwhtF32"),
             jnp.dtype(jnp.float64): ("fastnets_fwht_f64", "FastnetsFwhtF64")}
 DTYPES = tuple(_TARGETS)
+# The direct sparse convolution (csrc/sparse_conv_cpu.cc): (input dtype, output dtype) -> target.
+_SPARSE_CONV_TARGETS = {
+  (jnp.dtype(jnp.float32), jnp.dtype(jnp.float32)): ("fastnets_sparse_conv_f32_f32",
+                                                     "FastnetsSparseConvF32F32"),
+  (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.bfloat16)): ("fastnets_sparse_conv_bf16_bf16",
+                                                       "FastnetsSparseConvBf16Bf16"),
+  (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)): ("fastnets_sparse_conv_bf16_f32",
+                                                      "FastnetsSparseConvBf16F32"),
+}
 
 
 class NativeBuildError(RuntimeError):
@@ -79,7 +90,7 @@ def _cache_dir() -> pathlib.Path:
 def _build(compiler: str) -> pathlib.Path:
   import jaxlib  # pylint: disable=g-import-not-at-top
 
-  source = _SOURCE.read_bytes()
+  source = b"\0".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS))
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
   key = hashlib.sha256(b"\0".join([
       source, " ".join(_FLAGS).encode(), version.encode(), jaxlib.__version__.encode(),
@@ -100,7 +111,8 @@ def _build(compiler: str) -> pathlib.Path:
   # harmlessly, each rename installing a complete library.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
   os.close(fd)
-  cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+  cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_CSRC}", *map(str, _SOURCES), "-o",
+         tmp]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
     os.unlink(tmp)
@@ -121,7 +133,7 @@ def _load() -> tuple[pathlib.Path | None, str | None]:
   try:
     path = _build(compiler)
     lib = ctypes.cdll.LoadLibrary(str(path))
-    for target, symbol in _TARGETS.values():
+    for target, symbol in (*_TARGETS.values(), *_SPARSE_CONV_TARGETS.values()):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as e:
     return None, str(e)
@@ -246,3 +258,22 @@ def _fwht_batched(x, scale: float, parallel: bool):
     return call(x.reshape((-1,) + x.shape[2:])).reshape(x.shape), True
 
   return call(x)
+
+
+def sparse_conv_supported(x_dtype, out_dtype) -> bool:
+  """Whether the native sparse convolution takes this (input, output) dtype pair: float32 ->
+  float32, bfloat16 -> bfloat16, bfloat16 -> float32 (float32 accumulation in all three)."""
+  return (jnp.dtype(x_dtype), jnp.dtype(out_dtype)) in _SPARSE_CONV_TARGETS
+
+
+def sparse_conv_ffi(xt, off, val, nnz, bias, out_shape, out_dtype, *, rows: int, nv: int,
+                    chunks: int, relu: bool, parallel: bool):
+  """The raw FFI call of csrc/sparse_conv_cpu.cc (operands as its header comment describes).
+
+  The checked, differentiable entry point is
+  `fastnets.kernels.sparse_conv.sparse_conv2d_native`, which prepares these operands.
+  """
+  target = _SPARSE_CONV_TARGETS[(jnp.dtype(xt.dtype), jnp.dtype(out_dtype))][0]
+  call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), out_dtype))
+  return call(xt, off, val, nnz, bias, rows=np.int64(rows), nv=np.int64(nv),
+              chunks=np.int64(chunks), relu=bool(relu), parallel=bool(parallel))
