@@ -274,6 +274,8 @@ def sparse_conv_ffi(xt, off, val, nnz, bias, out_shape, out_dtype, *, rows: int,
   `fastnets.kernels.sparse_conv.sparse_conv2d_native`, which prepares these operands.
   """
   target = _SPARSE_CONV_TARGETS[(jnp.dtype(xt.dtype), jnp.dtype(out_dtype))][0]
-  call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), out_dtype))
+  # Under vmap the kernel runs once per batch element (its operands have fixed ranks).
+  call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), out_dtype),
+                          vmap_method="sequential")
   return call(xt, off, val, nnz, bias, rows=np.int64(rows), nv=np.int64(nv),
               chunks=np.int64(chunks), relu=bool(relu), parallel=bool(parallel))
