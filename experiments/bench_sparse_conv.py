@@ -101,7 +101,7 @@ DEFAULTS = {
 }
 QUICK = {
   "layers": ["conv2", "inception3a_3x3", "conv2_x_3x3", "conv2_x_1x1"],
-  "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95], "batch": 2, "batches": [], "spatial_scale": 0.5,
+  "sparsities": [0.5, 0.7, 0.9, 0.95], "batch": 2, "batches": [], "spatial_scale": 0.5,
   "channel_scale": 0.5,
   "warmup": 2, "repeats": 9, "e2e_sparsities": [0.9], "e2e_width": 16,
 }
