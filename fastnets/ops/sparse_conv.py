@@ -62,10 +62,12 @@ __all__ = [
 SPARSE_CONV_IMPLS = ("auto", "xla", "native", "dense", "pallas")
 
 # The sparsity from which `impl="auto"` runs the native kernel instead of the dense convolution on
-# a CPU, as `1 - max_nnz / (KH KW I)` (the sparsest output channel's density sets the bound, so it
-# is known from the format's static shape, inside jit too). Measured by
-# `experiments.bench_sparse_conv` (its `metrics.summary.native_crossover`): see docs/KERNELS.md.
-NATIVE_MIN_SPARSITY = 0.7
+# a CPU, as `1 - max_nnz / (KH KW I)` (the densest output channel sets the bound, so it is known
+# from the format's static shape, inside jit too). Measured, not guessed: the
+# `metrics.summary.native_crossover` of `experiments.bench_sparse_conv` on the full-size AlexNet
+# conv2-4 and ResNet-50 3x3 layers, batch 1, sparsities 0.5-0.95 (0.782 by per-row medians and by
+# minima; a loaded 2-core machine, 2026-12-06). The command is in docs/KERNELS.md.
+NATIVE_MIN_SPARSITY = 0.78
 
 
 def static_sparsity(w: SparseKernel) -> float:
