@@ -7,13 +7,18 @@ passes over memory through generic matmul code. `csrc/fwht_cpu.cc` is a SIMD rad
 registered as an XLA FFI custom call so that it runs inside jitted programs with no Python callback.
 Independent rows are spread over XLA's intra-op thread pool (`parallel=True`, the default).
 
+The direct sparse convolution (`csrc/sparse_conv_cpu.cc`, SkimCaffe's algorithm, Park et al. 2017)
+is in the same library; `sparse_conv_ffi` is its raw call and
+`fastnets.kernels.sparse_conv.sparse_conv2d_native` its checked, differentiable entry point.
+
 Building. The C++ source ships with the package and is compiled on first use, once per machine, with
 `$CXX` (default `g++`, else `c++`/`clang++`) and `-O3 -march=native` against the XLA FFI headers
 that come with jaxlib (`jax.ffi.include_dir()`), into
 `$FASTNETS_CACHE_DIR` (default `~/.cache/fastnets`)`/native/<hash>/`. The hash covers the source,
 the flags, the compiler, jaxlib's version and the CPU's feature flags, so a changed source, a new
 jaxlib or a different CPU sharing the home directory builds a fresh library. A build takes about
-3 s. Set `FASTNETS_NATIVE=0` to disable the native kernels (then `impl="auto"` uses the XLA path).
+10 s of CPU time (both sources). Set `FASTNETS_NATIVE=0` to disable the native kernels (then
+`impl="auto"` uses the XLA path).
 If no compiler is found or the build fails, `available()` is False, `impl="auto"` falls back to XLA
 with a one-time warning, and `impl="native"` raises with the compiler's message.
 """
