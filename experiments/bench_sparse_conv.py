@@ -26,7 +26,9 @@ without it BCOO products are XLA gathers), and each row records which lowering r
 Ratios are dense time / method time measured in the same run (> 1 = faster than dense), plus
 direct vs each baseline. Every output is checked against dense (max relative error recorded).
 An end-to-end section prunes a small CNN and compares `model.apply` with `fastnets.nn.sparse_apply`.
-Runs unchanged on a GPU (then `pallas` is timed too). Quick: about a minute on 2 CPU cores.
+Runs unchanged on a GPU (then `pallas` is timed too). Quick: about 45 CPU-seconds (measured
+2026-12-06: 123 s of wall time on the shared 2-core machine at a load average of ~12, of which the
+native rows added ~3 CPU-seconds and ~9 s of wall time against the same run without them).
 
 The summary's `native_crossover` is the measured sparsity threshold of `impl="auto"`
 (`fastnets.ops.sparse_conv.NATIVE_MIN_SPARSITY`): the lowest static sparsity
