@@ -7,13 +7,18 @@ passes over memory through generic matmul code. `csrc/fwht_cpu.cc` is a SIMD rad
 registered as an XLA FFI custom call so that it runs inside jitted programs with no Python callback.
 Independent rows are spread over XLA's intra-op thread pool (`parallel=True`, the default).
 
+The direct sparse convolution (`csrc/sparse_conv_cpu.cc`, SkimCaffe's algorithm, Park et al. 2017)
+is in the same library; `sparse_conv_ffi` is its raw call and
+`fastnets.kernels.sparse_conv.sparse_conv2d_native` its checked, differentiable entry point.
+
 Building. The C++ source ships with the package and is compiled on first use, once per machine, with
 `$CXX` (default `g++`, else `c++`/`clang++`) and `-O3 -march=native` against the XLA FFI headers
 that come with jaxlib (`jax.ffi.include_dir()`), into
 `$FASTNETS_CACHE_DIR` (default `~/.cache/fastnets`)`/native/<hash>/`. The hash covers the source,
 the flags, the compiler, jaxlib's version and the CPU's feature flags, so a changed source, a new
 jaxlib or a different CPU sharing the home directory builds a fresh library. A build takes about
-3 s. Set `FASTNETS_NATIVE=0` to disable the native kernels (then `impl="auto"` uses the XLA path).
+10 s of CPU time (both sources). Set `FASTNETS_NATIVE=0` to disable the native kernels (then
+`impl="auto"` uses the XLA path).
 If no compiler is found or the build fails, `available()` is False, `impl="auto"` falls back to XLA
 with a one-time warning, and `impl="native"` raises with the compiler's message.
 """
@@ -39,13 +44,24 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = ["NativeBuildError", "available", "build_error", "fwht_native", "has_compiler",
-           "library_path"]
+           "library_path", "sparse_conv_ffi", "sparse_conv_supported"]
 
-_SOURCE = pathlib.Path(__file__).resolve().parent / "csrc" / "fwht_cpu.cc"
+_CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
+_SOURCES = (_CSRC / "fwht_cpu.cc", _CSRC / "sparse_conv_cpu.cc")
+_HEADERS = (_CSRC / "parallel_for.h",)
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
 _TARGETS = {jnp.dtype(jnp.float32): ("fastnets_fwht_f32", "FastnetsFwhtF32"),
             jnp.dtype(jnp.float64): ("fastnets_fwht_f64", "FastnetsFwhtF64")}
 DTYPES = tuple(_TARGETS)
+# The direct sparse convolution (csrc/sparse_conv_cpu.cc): (input dtype, output dtype) -> target.
+_SPARSE_CONV_TARGETS = {
+  (jnp.dtype(jnp.float32), jnp.dtype(jnp.float32)): ("fastnets_sparse_conv_f32_f32",
+                                                     "FastnetsSparseConvF32F32"),
+  (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.bfloat16)): ("fastnets_sparse_conv_bf16_bf16",
+                                                       "FastnetsSparseConvBf16Bf16"),
+  (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)): ("fastnets_sparse_conv_bf16_f32",
+                                                      "FastnetsSparseConvBf16F32"),
+}
 
 
 class NativeBuildError(RuntimeError):
@@ -79,7 +95,7 @@ def _cache_dir() -> pathlib.Path:
 def _build(compiler: str) -> pathlib.Path:
   import jaxlib  # pylint: disable=g-import-not-at-top
 
-  source = _SOURCE.read_bytes()
+  source = b"\0".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS))
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
   key = hashlib.sha256(b"\0".join([
       source, " ".join(_FLAGS).encode(), version.encode(), jaxlib.__version__.encode(),
@@ -100,7 +116,8 @@ def _build(compiler: str) -> pathlib.Path:
   # harmlessly, each rename installing a complete library.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
   os.close(fd)
-  cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+  cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_CSRC}", *map(str, _SOURCES), "-o",
+         tmp]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
     os.unlink(tmp)
@@ -121,7 +138,7 @@ def _load() -> tuple[pathlib.Path | None, str | None]:
   try:
     path = _build(compiler)
     lib = ctypes.cdll.LoadLibrary(str(path))
-    for target, symbol in _TARGETS.values():
+    for target, symbol in (*_TARGETS.values(), *_SPARSE_CONV_TARGETS.values()):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (NativeBuildError, OSError, AttributeError, subprocess.SubprocessError) as e:
     return None, str(e)
@@ -246,3 +263,24 @@ def _fwht_batched(x, scale: float, parallel: bool):
     return call(x.reshape((-1,) + x.shape[2:])).reshape(x.shape), True
 
   return call(x)
+
+
+def sparse_conv_supported(x_dtype, out_dtype) -> bool:
+  """Whether the native sparse convolution takes this (input, output) dtype pair: float32 ->
+  float32, bfloat16 -> bfloat16, bfloat16 -> float32 (float32 accumulation in all three)."""
+  return (jnp.dtype(x_dtype), jnp.dtype(out_dtype)) in _SPARSE_CONV_TARGETS
+
+
+def sparse_conv_ffi(xt, off, val, nnz, bias, out_shape, out_dtype, *, rows: int, nv: int,
+                    chunks: int, relu: bool, parallel: bool):
+  """The raw FFI call of csrc/sparse_conv_cpu.cc (operands as its header comment describes).
+
+  The checked, differentiable entry point is
+  `fastnets.kernels.sparse_conv.sparse_conv2d_native`, which prepares these operands.
+  """
+  target = _SPARSE_CONV_TARGETS[(jnp.dtype(xt.dtype), jnp.dtype(out_dtype))][0]
+  # Under vmap the kernel runs once per batch element (its operands have fixed ranks).
+  call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), out_dtype),
+                          vmap_method="sequential")
+  return call(xt, off, val, nnz, bias, rows=np.int64(rows), nv=np.int64(nv),
+              chunks=np.int64(chunks), relu=bool(relu), parallel=bool(parallel))

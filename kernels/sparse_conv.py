@@ -47,11 +47,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from fastnets.checks import is_power_of_two, next_power_of_two, pair
+from fastnets.kernels import native
 from fastnets.sparse_format import (
   Padding,
   SparseKernel,
@@ -64,6 +66,8 @@ from fastnets.sparse_format import (
 __all__ = [
   "SparseConvConfig",
   "default_config",
+  "native_tile_plan",
+  "sparse_conv2d_native",
   "sparse_conv2d_pallas",
   "sparse_conv2d_reference",
 ]
@@ -430,8 +434,13 @@ def _fwd(x, values, rows, cols, chans, nnz, bias, static):
 
 
 def _bwd(static, res, g):
-  x, values, rows, cols, chans, nnz, bias = res
   kernel_shape, strides, padding, relu, _, _ = static
+  return _reference_cotangents(kernel_shape, strides, padding, relu, res, g)
+
+
+def _reference_cotangents(kernel_shape, strides, padding, relu, res, g):
+  """The backward pass of the kernels' custom VJPs: the reference's VJP at the saved inputs."""
+  x, values, rows, cols, chans, nnz, bias = res
 
   def ref(x, values, bias):
     w = SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
@@ -488,3 +497,143 @@ def sparse_conv2d_pallas(
   conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
   static = (w.kernel_shape, strides, hashable_padding(padding), bool(relu), config, bool(interpret))
   return _sparse_conv_jit(x, w.values, w.rows, w.cols, w.chans, w.nnz, bias, static)
+
+
+# --------------------------------------------------------------------------------------------------
+# The native CPU kernel (csrc/sparse_conv_cpu.cc, built by fastnets.kernels.native).
+
+_NATIVE_LANES = 8     # float32 lanes of one AVX2 register (the C++ kernel's vector)
+_NATIVE_MAX_ACC = 12  # accumulator registers per tile (csrc/sparse_conv_cpu.cc: kMaxAcc)
+
+
+def native_tile_plan(ho: int, wo: int) -> tuple[int, int, int]:
+  """(rows, nv, chunks): the native kernel's register tile for an (Ho, Wo) output.
+
+  A tile is `rows` output rows by `nv` vectors of 8 output columns, `rows * nv <= 12`
+  accumulators; a row of Wo columns takes `chunks` tiles of nv vectors (the last one may compute
+  padding columns, which are never stored). Narrow outputs take several rows per tile, so that
+  each nonzero's value and offset, loaded once, feed more multiply-adds.
+  """
+  vectors = -(-wo // _NATIVE_LANES)
+  chunks = -(-vectors // _NATIVE_MAX_ACC)
+  nv = -(-vectors // chunks)
+  rows = next(r for r in (8, 4, 2, 1) if r * nv <= _NATIVE_MAX_ACC and (r <= ho or r == 1))
+  return rows, nv, chunks
+
+
+def _native_forward(x, values, rows, cols, chans, nnz, bias, static):
+  kernel_shape, strides, padding, relu, parallel = static
+  w = SparseKernel(values, rows, cols, chans, nnz, kernel_shape)
+  out_dtype = jnp.result_type(x.dtype, values.dtype)
+  co = kernel_shape[3]
+  xq, r, c, ch, (ho, wo), (_, kwq) = stride_one_problem(x, w, strides, padding)
+  n, hq, wq, _ = xq.shape
+  tile_rows, nv, chunks = native_tile_plan(ho, wo)
+  wp = chunks * nv * _NATIVE_LANES + kwq - 1  # >= Wq: every vector load is in bounds
+  # The CPU layout, built in one fused XLA pass: channel-major rows, zero-padded to Wp.
+  xt = jnp.pad(xq.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (0, 0), (0, wp - wq)))
+  if xt.dtype != jnp.bfloat16:
+    xt = xt.astype(jnp.float32)
+  off = ((ch * hq + r) * wp + c).astype(jnp.int32)
+  val = jnp.where(w.valid, values, 0).astype(jnp.float32)
+  b = jnp.zeros((co,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+  return native.sparse_conv_ffi(
+    xt, off, val, nnz.astype(jnp.int32), b, (n, ho, wo, co), out_dtype, rows=tile_rows, nv=nv,
+    chunks=chunks, relu=relu, parallel=parallel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _native_vjp(x, values, rows, cols, chans, nnz, bias, static):
+  return _native_forward(x, values, rows, cols, chans, nnz, bias, static)
+
+
+def _native_fwd(x, values, rows, cols, chans, nnz, bias, static):
+  out = _native_forward(x, values, rows, cols, chans, nnz, bias, static)
+  return out, (x, values, rows, cols, chans, nnz, bias)
+
+
+def _native_bwd(static, res, g):
+  kernel_shape, strides, padding, relu, _ = static
+  return _reference_cotangents(kernel_shape, strides, padding, relu, res, g)
+
+
+_native_vjp.defvjp(_native_fwd, _native_bwd)
+_native_jit = jax.jit(_native_vjp, static_argnums=(7,))
+
+_NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+def check_native_inputs(x, w: SparseKernel, bias, strides, padding) -> None:
+  """Raises (before any native code runs) when the native kernel cannot take this problem.
+
+  On top of `check_conv_inputs` and the geometry checks: x, w.values and bias must be float32 or
+  bfloat16 (TypeError naming the argument), the kernel's values finite when concrete (ValueError;
+  inside jit they are not visible), and the padded, phase-split input small enough for int32
+  offsets.
+  """
+  check_conv_inputs(x, w, bias)
+  strides = pair(strides, "strides")
+  conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
+  for name, a in (("x", x), ("w.values", w.values), ("bias", bias)):
+    if a is not None and jnp.dtype(a.dtype) not in _NATIVE_DTYPES:
+      raise TypeError(f"sparse_conv2d_native: {name} must be float32 or bfloat16 (the native "
+                      f"kernel's dtypes); got {a.dtype}. Use impl='xla' for other dtypes.")
+  if not isinstance(w.values, jax.core.Tracer):
+    finite = np.isfinite(np.asarray(w.values, np.float32))
+    if not finite.all():
+      raise ValueError(f"w.values holds {int((~finite).sum())} non-finite value(s) (NaN or inf); "
+                       "the sparse kernel must be finite.")
+  _, (ho, wo) = conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)
+  sh, sw = (1 if ho == 1 else strides[0]), (1 if wo == 1 else strides[1])
+  _, nv, chunks = native_tile_plan(ho, wo)
+  kh, kw = w.kernel_shape[:2]
+  plane = (x.shape[3] * sh * sw * (ho + (kh - 1) // sh) *
+           (chunks * nv * _NATIVE_LANES + (kw - 1) // sw))
+  if plane >= 2**31:
+    raise ValueError(f"x is too large for the native kernel's int32 offsets ({plane} elements per "
+                     "image after padding); use impl='xla'.")
+
+
+def sparse_conv2d_native(
+  x: jax.Array,
+  w: SparseKernel,
+  strides=(1, 1),
+  padding: Padding = "SAME",
+  bias: jax.Array | None = None,
+  relu: bool = False,
+  *,
+  parallel: bool = True,
+) -> jax.Array:
+  """Direct sparse convolution with the native C++ CPU kernel (`csrc/sparse_conv_cpu.cc`).
+
+  Same contract as `fastnets.ops.sparse_conv2d` (which calls this for `impl="native"`): SkimCaffe's
+  direct sparse convolution (Park et al. 2017) vectorised over the output width and blocked over
+  output channels, bias and ReLU fused, float32 accumulation. Strides are removed by
+  `stride_one_problem` and the input is put in the kernel's layout (channel-major rows padded to
+  whole vectors) in one XLA pass per call; the sparse kernel's offsets are computed from its
+  coordinates per call (O x K integers, negligible next to the convolution).
+
+  Differentiable in `x`, `w.values` and `bias` (reverse mode) through a custom VJP whose backward
+  pass is the reference's (`sparse_conv2d_reference`); saved: the primal inputs.
+
+  Args:
+    x: (N, H, W, I) float32 or bfloat16 input (NHWC), on the CPU.
+    w: `SparseKernel`, values float32 or bfloat16, `kernel_shape` (KH, KW, I, O).
+    strides, padding, bias, relu: as `fastnets.ops.sparse_conv2d`.
+    parallel: spread tiles of output rows over XLA's intra-op thread pool; False runs on one
+      thread (bitwise the same result).
+
+  Returns:
+    (N, Ho, Wo, O) of dtype `result_type(x, w.values)`.
+
+  Raises:
+    fastnets.kernels.native.NativeBuildError: the native kernels are unavailable.
+    TypeError, ValueError: as `check_native_inputs`, before any native code runs.
+  """
+  check_native_inputs(x, w, bias, strides, padding)
+  native.library_path()  # raises NativeBuildError with the reason
+  strides = pair(strides, "strides")
+  if x.shape[0] == 0:  # an empty batch calls no kernel
+    return sparse_conv2d_reference(x, w, strides, padding, bias, relu)
+  static = (w.kernel_shape, strides, hashable_padding(padding), bool(relu), bool(parallel))
+  return _native_jit(x, w.values, w.rows, w.cols, w.chans, w.nnz, bias, static)

@@ -136,13 +136,15 @@ def test_reference_fused_bias_relu_odd_strides_and_explicit_padding():
   assert _rel_err(y, _dense_conv(x, w, (1, 1), "SAME")) < 1e-5
 
 
-def test_auto_impl_on_cpu_is_xla_and_jits():
+def test_auto_impl_on_cpu_below_the_threshold_is_dense_and_jits():
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((1, 8, 8, 2)), jnp.float32)
-  sk = ops.to_sparse_kernel(_pruned_kernel(rng, (3, 3, 2, 3), 0.5))
+  w = np.ones((3, 3, 2, 3), np.float32)  # no zeros: below the native kernel's threshold
+  sk = ops.to_sparse_kernel(w)
+  assert sc.choose_sparse_conv_impl("auto", x, sk) == "dense"
   f = jax.jit(lambda x, w: ops.sparse_conv2d(x, w))
-  np.testing.assert_array_equal(np.asarray(f(x, sk)),
-                                np.asarray(ops.sparse_conv2d(x, sk, impl="xla")))
+  np.testing.assert_allclose(np.asarray(f(x, sk)), np.asarray(ops.sparse_conv2d(x, sk, impl="xla")),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_reference_bfloat16_input():

@@ -110,7 +110,7 @@ def escort_config(dry_run: bool, workdir: str, layer: str, end_to_end: bool) -> 
                  autotune_budget=6, warmup=3, repeats=10, pallas="auto", end_to_end=end_to_end,
                  e2e_sparsities=[0.9], e2e_width=32, e2e_size=32)
   return dict(workdir=workdir, networks=["alexnet", "googlenet", "resnet50"], layers=[layer],
-              bcoo=True, precision="highest", bcoo_cusparse=True, **sizes)
+              batches=[], bcoo=True, precision="highest", bcoo_cusparse=True, **sizes)
 
 
 def reversible_config(dry_run: bool, workdir: str) -> dict:

@@ -158,12 +158,14 @@ def sparse_convs(impl: str = "auto", *, config=None, interpret: bool = False):
   """Context manager: inside it, `nn.Conv` layers whose kernel is a SparseKernel run sparse.
 
   Args:
-    impl: passed to `fastnets.ops.sparse_conv2d` ("auto", "xla" or "pallas").
+    impl: passed to `fastnets.ops.sparse_conv2d` ("auto", "xla", "native", "dense" or
+      "pallas"); "auto" picks per layer with `fastnets.ops.sparse_conv.choose_sparse_conv_impl`
+      (on a CPU: the native kernel for kernels sparse enough, the dense convolution below).
     config: optional `fastnets.kernels.sparse_conv.SparseConvConfig` for the Pallas kernel.
     interpret: run the Pallas kernel in interpret mode.
   """
-  if impl not in ("auto", "xla", "pallas"):
-    raise ValueError(f"impl must be 'auto', 'xla' or 'pallas'; got {impl!r}.")
+  if impl not in _sc.SPARSE_CONV_IMPLS:
+    raise ValueError(f"impl must be one of {_sc.SPARSE_CONV_IMPLS}; got {impl!r}.")
   with nn.intercept_methods(_make_interceptor(impl, config, interpret)):
     yield
 

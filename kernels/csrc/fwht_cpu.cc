@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -239,42 +240,6 @@ void StridedTransform(const T* in, T* out, int64_t n, int64_t post, T scale) {
   }
 }
 
-// Runs body(begin, end) over [0, count) in chunks, on XLA's intra-op thread pool and the calling
-// thread together. Chunks are claimed from a shared atomic counter, so the caller alone finishes
-// all of them if the pool is busy (or is the thread we run on): no deadlock, no idle wait for a
-// task that has not started. Late tasks find no chunk left and return; the shared state lives in
-// a shared_ptr so that they never touch freed memory.
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t chunk, const Body& body) {
-  const int64_t chunks = (count + chunk - 1) / chunk;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks - 1);
-  if (helpers <= 0) {
-    body(0, count);
-    return;
-  }
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto shared = std::make_shared<Shared>();
-  // `body` outlives every chunk: the caller returns only after all chunks are done.
-  auto work = [shared, chunks, chunk, count, &body]() {
-    for (int64_t c; (c = shared->next.fetch_add(1)) < chunks;) {
-      body(c * chunk, std::min(count, (c + 1) * chunk));
-      if (shared->done.fetch_add(1) + 1 == chunks) {
-        std::lock_guard<std::mutex> lock(shared->mu);
-        shared->cv.notify_all();
-      }
-    }
-  };
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
-  work();
-  std::unique_lock<std::mutex> lock(shared->mu);
-  shared->cv.wait(lock, [&] { return shared->done.load() == chunks; });
-}
-
 template <ffi::DataType D>
 ffi::Error Fwht(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::ResultBuffer<D> y, double scale,
                 bool parallel) {
@@ -310,7 +275,7 @@ ffi::Error Fwht(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::ResultBuffer<D> y, 
   if (parallel) {
     // Chunks of at least 2^18 elements (1 MiB of float): smaller ones cost about as much to
     // schedule on another thread as to transform (measured on 2 cores).
-    ParallelFor(pool, pre, std::max<int64_t>(1, (int64_t{1} << 18) / row), rows);
+    fastnets::ParallelFor(pool, pre, std::max<int64_t>(1, (int64_t{1} << 18) / row), rows);
   } else {
     rows(0, pre);
   }
