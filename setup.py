@@ -51,7 +51,7 @@ setuptools.setup(
     packages=(setuptools.find_packages(include=["fastnets", "fastnets.*"])
               + ["fastnets.kernels", "fastnets.experiments"]),
     package_dir={"fastnets.kernels": "kernels", "fastnets.experiments": "experiments"},
-    package_data={"fastnets.data": ["files/*.gz"], "fastnets.kernels": ["csrc/*.cc"]},
+    package_data={"fastnets.data": ["files/*.gz"], "fastnets.kernels": ["csrc/*.cc", "csrc/*.h"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
