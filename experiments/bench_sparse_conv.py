@@ -80,25 +80,25 @@ LAYERS = {
 
 DEFAULTS = {
   "workdir": "runs/bench_sparse_conv",
-  "networks": ["alexnet", "googlenet", "resnet50"],
+  "networks": ["alexnet", "googlenet", "resnet50"],  # any of alexnet, googlenet, resnet50
   "layers": [],            # layer names to keep (empty: all)
-  "sparsities": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
-  "batch": 8,
+  "sparsities": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95],  # fractions of kernel weights pruned (magnitude)
+  "batch": 8,              # batch of the end-to-end rows (and layer rows if batches is empty)
   "batches": [1, 8],       # batch sizes of the layer rows (empty: [batch]); batch 1 is inference
   "spatial_scale": 1.0,    # multiplies H = W (at least the kernel size)
   "channel_scale": 1.0,    # multiplies channel counts (at least 1; AlexNet conv1 keeps 3 inputs)
-  "warmup": 2,
-  "repeats": 7,
-  "bcoo": True,
+  "warmup": 2,             # untimed calls per method after compilation
+  "repeats": 7,            # timed interleaved rounds (medians over them)
+  "bcoo": True,            # time im2col + BCOO (the cuSPARSE-like baseline)
   "bcoo_max_gflop": 50.0,  # skip im2col+BCOO on layers above this dense size (it is very slow)
   "autotune_budget": 12,   # G-BFS measurements per layer for the Pallas kernel (GPU only)
   "pallas": "auto",        # "auto" (on a GPU), "interpret" (Pallas interpreter, CPU) or "off"
   "precision": "default",  # matmul precision of dense/im2col: "default", "high" or "highest"
   "bcoo_cusparse": False,  # lower im2col+BCOO to cuSPARSE on a GPU
-  "end_to_end": True,
-  "e2e_sparsities": [0.5, 0.8, 0.9, 0.95],
-  "e2e_width": 32,
-  "e2e_size": 32,
+  "end_to_end": True,      # time a pruned small CNN: model.apply vs nn.sparse_apply
+  "e2e_sparsities": [0.5, 0.8, 0.9, 0.95],  # end-to-end: fractions pruned (first conv dense)
+  "e2e_width": 32,         # end-to-end CNN: channels of its first convs (later 2x, 4x)
+  "e2e_size": 32,          # end-to-end: input height = width (random 3-channel images)
   "seed": 0,
 }
 QUICK = {

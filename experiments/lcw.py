@@ -79,47 +79,61 @@ _PACGAN_KEYS = ("datasets", "steps", "batch_size", "gen_hidden", "gen_depth", "d
                 "num_points", "eval_samples", "chunk_size")
 DEFAULTS = {
     "workdir": "runs/lcw",
-    "seeds": 5,
+    "seeds": 5,                     # runs per arm and task (seeds seed, seed + 1, ...)
     "seed": 0,                      # first seed; runs use seed, seed + 1, ...
-    "verbose": True,
-    **{k: pacgan.DEFAULTS[k] for k in _PACGAN_KEYS},
+    "verbose": True,                # print progress
+    # The 2-D settings (_PACGAN_KEYS): experiments/pacgan.py's defaults, passed through to its run.
+    "datasets": pacgan.DEFAULTS["datasets"],        # 2-D: "ring" (8 modes) and/or "grid" (25)
+    "steps": pacgan.DEFAULTS["steps"],              # 2-D: training steps of every arm
+    "batch_size": pacgan.DEFAULTS["batch_size"],    # 2-D: GAN packs / LCW points per step
+    "gen_hidden": pacgan.DEFAULTS["gen_hidden"],    # 2-D generator (all arms): hidden width
+    "gen_depth": pacgan.DEFAULTS["gen_depth"],      # 2-D generator (all arms): hidden layers
+    "disc_hidden": pacgan.DEFAULTS["disc_hidden"],  # 2-D discriminator: maxout units per layer
+    "disc_pieces": pacgan.DEFAULTS["disc_pieces"],  # discriminators: linear pieces per maxout unit
+    "disc_depth": pacgan.DEFAULTS["disc_depth"],    # discriminators: maxout layers before the logit
+    "learning_rate": pacgan.DEFAULTS["learning_rate"],  # 2-D GAN arms: Adam learning rate
+    "lr_schedule": pacgan.DEFAULTS["lr_schedule"],  # 2-D, all arms: "constant" or "cosine" (to 5%)
+    "beta1": pacgan.DEFAULTS["beta1"],              # 2-D GAN arms: Adam beta1 (both nets)
+    "num_points": pacgan.DEFAULTS["num_points"],    # 2-D: training points drawn per run
+    "eval_samples": pacgan.DEFAULTS["eval_samples"],  # 2-D: samples per run for the mode metrics
+    "chunk_size": pacgan.DEFAULTS["chunk_size"],    # 2-D: training steps per lax.scan chunk
     "gan_degrees": [1, 2],          # the GAN arms on ring and grid: GAN, PacGAN2
     # LCW on the 2-D sets: the same generator as the GANs, trained with d_cw^2.
     "lcw_learning_rate": 5e-4,      # the authors' cwg / latent generator rate
     "cw_approximate": True,         # the authors' code: closed-form kernel in every dimension
     # MNIST.
-    "mnist": True,
+    "mnist": True,                  # run the MNIST task (LCW, CWAE and GAN; Frechet distance)
     "dataset": "mnist_bundled",
-    "latent_dim": 8,
-    "ae_hidden": 256,
-    "ae_depth": 3,
-    "ae_steps": 20_000,
-    "ae_batch_size": 128,
-    "ae_learning_rate": 1e-3,
+    "latent_dim": 8,                # MNIST: code dimension of the autoencoder and latent generator
+    "ae_hidden": 256,               # autoencoder (= the MNIST GAN's generator): hidden width
+    "ae_depth": 3,                  # autoencoder: hidden layers of the encoder and of the decoder
+    "ae_steps": 20_000,             # MNIST: autoencoder (phase 1) training steps
+    "ae_batch_size": 128,           # autoencoder: batch size
+    "ae_learning_rate": 1e-3,       # autoencoder: Adam learning rate
     "reconstruction": "mse",        # "mse" (CWAE) or "cw" (the paper's CW2)
-    "normality_weight": 1.0,
-    "lg_hidden": 512,
-    "lg_depth": 5,
-    "lg_steps": 20_000,
-    "lg_batch_size": 256,
-    "lg_learning_rate": 5e-4,
-    "gan_steps": 20_000,
-    "gan_batch_size": 128,
-    "gan_learning_rate": 2e-4,
-    "gan_beta1": 0.5,
-    "gan_disc_hidden": 128,
-    "mnist_eval_samples": 2000,
-    "mnist_chunk_size": 500,
-    "classifier_steps": 600,
-    "classifier_channels": [16, 32],
-    "classifier_seed": 100,
+    "normality_weight": 1.0,        # autoencoder: weight of the log d_cw^2(codes, N(0, I)) term
+    "lg_hidden": 512,               # latent generator: hidden width
+    "lg_depth": 5,                  # latent generator: hidden layers
+    "lg_steps": 20_000,             # MNIST: latent generator (phase 2) training steps
+    "lg_batch_size": 256,           # latent generator: batch size
+    "lg_learning_rate": 5e-4,       # latent generator: Adam learning rate
+    "gan_steps": 20_000,            # MNIST GAN: training steps
+    "gan_batch_size": 128,          # MNIST GAN: batch size
+    "gan_learning_rate": 2e-4,      # MNIST GAN: Adam learning rate (both nets)
+    "gan_beta1": 0.5,               # MNIST GAN: Adam beta1 (both nets)
+    "gan_disc_hidden": 128,         # MNIST GAN: discriminator maxout units per layer
+    "mnist_eval_samples": 2000,     # MNIST: samples per arm and seed for the Frechet distance
+    "mnist_chunk_size": 500,        # MNIST and stacked MNIST: training steps per lax.scan chunk
+    "classifier_steps": 600,        # steps of the MNIST feature and stacked-MNIST digit classifiers
+    "classifier_channels": [16, 32],  # MNIST feature classifier (PoolingCNN): conv channels
+    "classifier_seed": 100,         # MNIST feature classifier's seed (not an evaluation seed)
     # Stacked MNIST (GAN arms: experiments.pacgan's stacked task).
-    "stacked_mnist": True,
-    "sm_latent_dim": 24,
-    "sm_steps": 100_000,
-    "sm_num_examples": 128_000,
-    "sm_eval_samples": 26_000,
-    "sm_features": 32,
+    "stacked_mnist": True,          # run the stacked-MNIST task (LCW vs DCGAN, PacDCGAN2; slow)
+    "sm_latent_dim": 24,            # stacked MNIST: LCW code dimension
+    "sm_steps": 100_000,            # stacked MNIST: steps of each LCW phase and of each GAN
+    "sm_num_examples": 128_000,     # stacked MNIST: fixed stacks of 3 digits to train on
+    "sm_eval_samples": 26_000,      # stacked MNIST: generated stacks classified per run
+    "sm_features": 32,              # stacked MNIST: the GAN arms' DCGAN base width f
 }
 QUICK = {"seeds": 3, "steps": 1000, "gen_hidden": pacgan.QUICK["gen_hidden"],
          "disc_hidden": pacgan.QUICK["disc_hidden"],

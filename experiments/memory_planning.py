@@ -53,15 +53,15 @@ STRATEGIES = ("plain", "recompute", "cost_aware", "planner", "reversible")
 UNIFORM = {"plain": "store", "recompute": "recompute", "cost_aware": "cost_aware"}
 DEFAULTS = {
     "workdir": "runs/memory_planning",
-    "depths": [8, 16, 32, 64],
-    "budget_depth": 8,
-    "budget_scale": 1.0,
-    "strategies": list(STRATEGIES),
-    "batch": 32,
-    "width": 16,
-    "warmup": 2,
-    "repeats": 7,
-    "min_flops_per_byte": 4.0,
+    "depths": [8, 16, 32, 64],      # residual blocks of the ResNet chains measured
+    "budget_depth": 8,              # the budget is plain's compiled temp memory at this depth
+    "budget_scale": 1.0,            # multiplier on that memory: budget = scale x plain's bytes
+    "strategies": list(STRATEGIES),  # any of plain, recompute, cost_aware, planner, reversible
+    "batch": 32,                    # MNIST training images per step
+    "width": 16,                    # channels of the stem and of every residual block
+    "warmup": 2,                    # untimed calls per strategy before the timed rounds
+    "repeats": 7,                   # timed interleaved rounds (each runs every strategy once)
+    "min_flops_per_byte": 4.0,      # cost-aware: keep outputs costing >= this FLOPs/byte to redo
     "seed": 0,
 }
 QUICK = {"depths": [4, 8, 16], "budget_depth": 4, "batch": 16, "width": 8, "warmup": 1,

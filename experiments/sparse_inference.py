@@ -64,12 +64,12 @@ DN = ("NHWC", "HWIO", "NHWC")
 DEFAULTS = {
   **common.TRAIN_DEFAULTS,
   "workdir": "runs/sparse_inference",
-  "model": "cnn",
+  "model": "cnn",            # a fastnets.models.model_names() name (cnn: the SmallCNN)
   "steps": 500,
   "log_every": 50,
   "eval_every": 100,
   "checkpoint_every": 0,
-  "final_sparsity": 0.9,
+  "final_sparsity": 0.9,     # fraction of the prunable weights zeroed at prune_end
   "prune_begin": 0.2,        # fraction of steps: first pruning step
   "prune_end": 0.7,          # fraction of steps: final sparsity reached; fine-tuning after
   "prune_frequency": 0,      # steps between mask updates (0: (end - begin) / 10)
@@ -79,10 +79,10 @@ DEFAULTS = {
   "min_sparsity": 0.5,       # convert a conv to sparse only if at least this sparse
   "impl": "auto",            # sparse_conv2d impl: auto = Pallas on GPU, native/dense on CPU
   "check_examples": 0,       # validation examples for the prediction check (0: all)
-  "check_batch": 500,
-  "time_batch": 128,
-  "warmup": 2,
-  "repeats": 7,
+  "check_batch": 500,        # batch size of the sparse-vs-dense prediction check
+  "time_batch": 128,         # validation images in the timed inference batch
+  "warmup": 2,               # untimed calls per variant after compilation
+  "repeats": 7,              # timed interleaved rounds (medians over them)
   "seeds": [0, 1, 2],        # evaluation seeds of the dense and pruned trainings
   "im2col_baselines": True,  # time im2col + matmul and im2col + BCOO too
 }
