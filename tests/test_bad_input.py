@@ -102,6 +102,10 @@ def test_huge_stride_does_not_allocate_stride_squared():
 def test_out_of_range_labels_under_jit_make_the_loss_nan():
   loss = jax.jit(ops.cross_entropy_loss)(jnp.zeros((2, 4)), jnp.array([0, 9]))
   assert math.isnan(float(loss))
+  # Concrete labels closed over by a jitted function with traced logits are checked, not traced.
+  labels = jnp.array([0, 3])
+  loss = jax.jit(lambda x: ops.cross_entropy_loss(x, labels))(jnp.zeros((2, 4)))
+  np.testing.assert_allclose(loss, np.log(4.0), rtol=1e-6)
 
 
 def test_hand_built_sparse_kernel_with_bad_coordinates_is_refused():
