@@ -11,7 +11,7 @@ from fastnets.nn.fastfood import (  # noqa: F401
 )
 
 # Limited precision: quantized layers (Gupta et al. 2015; Wang et al. 2018).
-from fastnets.nn.quantized import (  # noqa: F401
+from fastnets.nn.quantization import (  # noqa: F401
     quantized, quantized_layer_kind,
 )
 
