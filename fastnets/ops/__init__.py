@@ -33,7 +33,7 @@ from fastnets.ops.numerics import (  # noqa: F401
 from fastnets.ops.low_precision import (  # noqa: F401
     apply_updates_low_precision, chunked_conv_general_dilated, chunked_dot, chunked_dot_general,
     low_precision_updates, QuantConfig, quantized_conv_general_dilated, quantized_dot_general,
-    round_to_format, RoundToFormatState,
+    round_to_format, RoundToFormatState, scale_grad,
 )
 
 # Pruning and direct sparse convolution (Zhu & Gupta 2017; Escort, Chen 2018).
@@ -121,4 +121,5 @@ __all__ = [
     "stochastic_round", "to_dense", "to_native", "to_sparse_kernel", "tt_dense", "tt_init",
     "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes", "unpack",
     "zhu_gupta_sparsity", "ZhuGuptaSchedule",
+    "scale_grad",
 ]

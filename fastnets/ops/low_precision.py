@@ -15,6 +15,7 @@ Contents:
     `nn.Conv(conv_general_dilated=...)`; `fastnets.nn.quantized` applies them to a whole model).
   * `round_to_format`, `low_precision_updates`, `apply_updates_low_precision`: optax pieces that
     keep the weights in a low-precision format, rounding each update (stochastically by default).
+  * `scale_grad`: the identity whose backward pass multiplies the cotangent (loss scaling).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from fastnets.ops.numerics import FixedPoint, FloatFormat, Format, FormatSpec
 __all__ = [
     "chunked_dot", "chunked_dot_general", "chunked_conv_general_dilated", "QuantConfig",
     "quantized_dot_general", "quantized_conv_general_dilated", "RoundToFormatState",
-    "round_to_format", "low_precision_updates", "apply_updates_low_precision",
+    "round_to_format", "low_precision_updates", "apply_updates_low_precision", "scale_grad",
 ]
 
 
@@ -529,3 +530,47 @@ def apply_updates_low_precision(params: Any, updates: Any, fmt: FormatSpec, *,
     key = check_key(key, "apply_updates_low_precision", purpose="stochastic rounding")
   new_params, _ = _round_params(params, updates, fmt, mode, key, rng)
   return new_params
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss scaling (Wang et al. 2018, Sec. 4; Micikevicius et al. 2018).
+
+
+@jax.custom_vjp
+def _scale_grad(tree, scale):
+  del scale
+  return tree
+
+
+def _scale_grad_fwd(tree, scale):
+  return tree, scale
+
+
+def _scale_grad_bwd(scale, g):
+  return jax.tree.map(lambda v: v * scale.astype(v.dtype), g), None
+
+
+_scale_grad.defvjp(_scale_grad_fwd, _scale_grad_bwd)
+
+
+def scale_grad(tree: Any, scale: jax.Array) -> Any:
+  """The identity on `tree`, whose backward pass multiplies the cotangent by `scale`.
+
+  Loss scaling without touching the loss value: wrap the logits in `scale_grad(logits, s)` so
+  the backward pass carries s * dL (small low-precision gradients do not underflow), and wrap
+  the parameters in `scale_grad(params, 1 / s)` so their gradients come out unscaled again
+  (exact when s is a power of two). `scale` gets no gradient.
+
+  Args:
+    tree: a pytree of float arrays.
+    scale: a float scalar array (e.g. `jnp.float32(1024.0)`); each cotangent leaf is multiplied
+      by it cast to that leaf's dtype.
+
+  Returns:
+    `tree`, unchanged.
+  """
+  scale = jnp.asarray(scale)
+  if scale.ndim != 0 or not jnp.issubdtype(scale.dtype, jnp.floating):
+    raise ValueError(f"scale_grad: scale must be a float scalar, got shape {scale.shape} and "
+                     f"dtype {scale.dtype}.")
+  return _scale_grad(tree, scale)
