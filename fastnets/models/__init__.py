@@ -7,7 +7,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from fastnets.models.abc_net import ABCCNN
-from fastnets.models.bt_rnn import SequenceClassifier
+from fastnets.models.bt_rnn import FrameSequenceClassifier, SequenceClassifier
 from fastnets.models.cnn import SmallCNN
 from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
 from fastnets.models.low_precision import LowPrecisionNet
@@ -30,7 +30,8 @@ __all__ = [
     "ABCCNN",
     "BasicBlock", "BottleneckBlock", "create_model", "DCGANDiscriminator", "DCGANGenerator",
     "DeepFriedConvnet", "digit_classifier", "FC_KINDS", "fc_param_count", "FastForward", "FFNet",
-    "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes", "LowPrecisionNet", "matching_resnet",
+    "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes", "FrameSequenceClassifier",
+    "LowPrecisionNet", "matching_resnet",
     "MaxoutDiscriminator", "MLPGenerator", "model_names", "POOLING_HEADS", "PoolingCNN",
     "register_model", "ResNet", "RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "revnet110",
     "revnet164", "revnet38", "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",

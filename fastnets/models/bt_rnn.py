@@ -115,6 +115,18 @@ class SequenceClassifier(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h).astype(jnp.float32)
 
 
+class FrameSequenceClassifier(SequenceClassifier):
+  """`SequenceClassifier` on frames stored as images (batch, time, features, 1) (or any
+  (batch, time, ...)): flattens each frame, then runs the recurrent layer and the head."""
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Args: x: (batch, time, ...) float frames. Returns: (batch, num_classes) float32 logits."""
+    x = jnp.asarray(x)
+    if x.ndim < 3:
+      raise ValueError(f"x must have shape (batch, time, ...frame), got shape {x.shape}.")
+    return super().__call__(x.reshape(x.shape[:2] + (-1,)), train=train)
+
+
 def param_counts(params) -> dict[str, int]:
   """Parameter counts of a `SequenceClassifier`'s params tree.
 
