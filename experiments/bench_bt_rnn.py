@@ -30,7 +30,7 @@ import optax
 
 from fastnets import benchmarking, evidence
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
-from fastnets.ops import losses, tensor_formats
+from fastnets.ops import block_term, factorization, losses, tensor_train
 
 from . import common
 
@@ -85,7 +85,7 @@ def run(config: dict) -> dict:
   hidden_factors = tuple(int(f) for f in config["hidden_factors"])
   metrics = {}
   for dim in [int(d) for d in config["input_dims"]]:
-    in_f = FACTORS.get(dim) or tensor_formats.balanced_factors(dim, len(hidden_factors))
+    in_f = FACTORS.get(dim) or factorization.balanced_factors(dim, len(hidden_factors))
     x = jnp.asarray(rng.standard_normal((config["batch"], config["time"], dim)), jnp.float32)
     y = jnp.asarray(rng.integers(0, config["num_classes"], config["batch"]), jnp.int32)
     variants = {}
@@ -108,10 +108,10 @@ def run(config: dict) -> dict:
       rows = config["batch"] * (config["time"] if mode == "hoisted" else 1)
       out_f = (4 * hidden_factors[0],) + hidden_factors[1:]
       if cell.startswith("bt_"):
-        flops = tensor_formats.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
+        flops = block_term.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
                                    config["num_blocks"], opt).flops
       elif cell.startswith("tt_"):
-        flops = tensor_formats.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"], opt).flops
+        flops = tensor_train.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"], opt).flops
       else:
         flops = 2 * rows * dim * 4 * config["hidden"]
       if mode == "per_step":

@@ -118,7 +118,7 @@ import numpy as np
 
 from fastnets import data, evidence, train
 from fastnets.models.bt_rnn import FrameSequenceClassifier, param_counts
-from fastnets.ops import tensor_formats
+from fastnets.ops import block_term, tensor_train
 
 from . import common
 
@@ -224,10 +224,10 @@ def model_input_params(name: str, config: dict) -> int:
   spec = parse_model_name(name)
   in_f, out_f = _input_map_factors(config, spec["cell"])
   if spec["cell"].startswith("bt_"):
-    return tensor_formats.bt_num_params(in_f, out_f, spec["rank"] or 2,
+    return block_term.bt_num_params(in_f, out_f, spec["rank"] or 2,
                                         spec["blocks"] or config["num_blocks"])
   if spec["cell"].startswith("tt_"):
-    return tensor_formats.tt_num_params(in_f, out_f, spec["rank"] or config["tt_rank"] or 1)
+    return tensor_train.tt_num_params(in_f, out_f, spec["rank"] or config["tt_rank"] or 1)
   return math.prod(in_f) * math.prod(out_f)
 
 
@@ -247,7 +247,7 @@ def matched_tt_rank(config: dict, cell: str = "tt_lstm") -> tuple[int, str | Non
   budget = model_input_params(target, config)
   in_f, out_f = _input_map_factors(config, cell)
   rank = min(range(1, 65),
-             key=lambda r: (abs(tensor_formats.tt_num_params(in_f, out_f, r) - budget), r))
+             key=lambda r: (abs(tensor_train.tt_num_params(in_f, out_f, r) - budget), r))
   return rank, target
 
 

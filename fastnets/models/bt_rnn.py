@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fastnets.nn import tensor_layers as tl
-from fastnets.ops import tensor_formats
+from fastnets.ops import factorization
 
 CELLS = ("lstm", "gru", "tt_lstm", "tt_gru", "bt_lstm", "bt_gru")
 
@@ -69,13 +69,13 @@ class SequenceClassifier(nn.Module):
       return tl.DenseGRUCell(**common)
     in_f = self.input_factors
     if in_f is None:
-      in_f = tensor_formats.balanced_factors(in_features, self.num_factors)
-    in_f = tensor_formats.check_factorization(in_features, in_f, "input_factors",
+      in_f = factorization.balanced_factors(in_features, self.num_factors)
+    in_f = factorization.check_factorization(in_features, in_f, "input_factors",
                                   "the frame size x.shape[-1]")
     hid_f = self.hidden_factors
     if hid_f is None:
-      hid_f = tensor_formats.balanced_factors(self.hidden, len(in_f))
-    hid_f = tensor_formats.check_factorization(self.hidden, hid_f, "hidden_factors", "hidden")
+      hid_f = factorization.balanced_factors(self.hidden, len(in_f))
+    hid_f = factorization.check_factorization(self.hidden, hid_f, "hidden_factors", "hidden")
     tensor = dict(input_factors=in_f, hidden_factors=hid_f, optimize=self.optimize)
     if self.cell.startswith("bt_"):
       cls = tl.BTLSTMCell if self.cell == "bt_lstm" else tl.BTGRUCell

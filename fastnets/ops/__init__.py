@@ -67,10 +67,13 @@ from fastnets.ops.downsample import (  # noqa: F401
 from fastnets.ops.flops import conv_flops, conv_flops_of  # noqa: F401
 
 # Block-Term and Tensor-Train matrices (Ye et al. 2018; Novikov et al. 2015).
-from fastnets.ops.tensor_formats import (  # noqa: F401
-    balanced_factors, bt_dense, bt_init, bt_init_stddevs, bt_matmul, bt_matmul_flops,
-    bt_num_params, bt_shapes, check_factorization, ContractionPlan, einsum_path_flops, tt_dense,
-    tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes,
+from fastnets.ops.block_term import (  # noqa: F401
+    bt_dense, bt_init, bt_init_stddevs, bt_matmul, bt_matmul_flops, bt_num_params, bt_shapes,
+)
+from fastnets.ops.einsum_plans import ContractionPlan, einsum_path_flops  # noqa: F401
+from fastnets.ops.factorization import balanced_factors, check_factorization  # noqa: F401
+from fastnets.ops.tensor_train import (  # noqa: F401
+    tt_dense, tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes,
 )
 
 # Kernel distances: Cramer-Wold distance (Tabor et al. 2018) and PKT (Passalis & Tefas 2018).
