@@ -25,10 +25,12 @@ from fastnets.ops.fastfood import (  # noqa: F401
 )
 
 # Limited precision: number formats and rounding (Gupta et al. 2015; Wang et al. 2018).
-from fastnets.ops.numerics import (  # noqa: F401
+from fastnets.ops.number_formats import (  # noqa: F401
     BFLOAT16, FixedPoint, FLOAT16, FLOAT32, FloatFormat, Format, FP16_WANG, FP8_E4M3, FP8_E5M2,
-    is_representable, quantize, quantize_grad, quantize_tree, round_nearest, stochastic_round,
-    to_native,
+)
+from fastnets.ops.quantization import quantize, quantize_grad, quantize_tree  # noqa: F401
+from fastnets.ops.rounding import (  # noqa: F401
+    is_representable, round_nearest, stochastic_round, to_native,
 )
 from fastnets.ops.low_precision import (  # noqa: F401
     apply_updates_low_precision, chunked_conv_general_dilated, chunked_dot, chunked_dot_general,
