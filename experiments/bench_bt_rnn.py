@@ -10,7 +10,7 @@ smallest intermediates) and input-projection mode (hoisted: the input map runs o
 batch x time rows before the scan; per_step: inside the scan on batch rows, as `nn.RNN`). The
 variants of one input dimension are timed interleaved (one step of each per round, after
 compilation and warm-up) and the medians are compared in the same run: `speedup_vs_lstm` =
-median(dense LSTM step) / median(variant step), same projection mode. The issue-9 target: BT-LSTM
+median(dense LSTM step) / median(variant step), same projection mode. The fastnets target: BT-LSTM
 faster than the LSTM at input dim 784 and above. Quick: 2-6 minutes on 2 (shared) CPU cores,
 mostly compilation.
 
@@ -59,9 +59,9 @@ QUICK = {"repeats": 10, "warmup": 2}
 SMOKE = {"input_dims": [784], "modes": ["hoisted"], "hidden": 16, "hidden_factors": [2, 2, 2, 2],
          "batch": 4, "time": 2, "warmup": 1, "repeats": 2}
 PAPER = {"claim": "BT-RNN reduces parameters and improves training efficiency over the LSTM "
-                  "(Ye et al. 2018); fastnets issue 9 target: a BT-LSTM training step is faster "
+                  "(Ye et al. 2018); fastnets target: a BT-LSTM training step is faster "
                   "than the dense LSTM's at input dimension 784 and above (CPU)",
-         "value": 1.0, "source": "Ye et al. 2018 (CVPR), BT-RNN; fastnets issue 9"}
+         "value": 1.0, "source": "Ye et al. 2018 (CVPR), BT-RNN"}
 
 
 def _make_step(model, tx):

@@ -172,7 +172,7 @@ PAPER = {"claim": "BT-LSTM: 17,388x fewer parameters than the LSTM and over 15.6
                   "same rank",
          "value": {"compression": 17388, "accuracy_gain_points": 15.6},
          "source": "Ye et al. 2018 (CVPR), BT-RNN, abstract",
-         "target": "fastnets issue 9: BT input-to-hidden map >= 100x fewer parameters than the "
+         "target": "fastnets target: BT input-to-hidden map >= 100x fewer parameters than the "
                    "LSTM's with accuracy >= the LSTM's on the quick task (several seeds), and >= "
                    "TT-LSTM's at the same parameter budget"}
 

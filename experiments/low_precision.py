@@ -111,7 +111,7 @@ PAPER = {
              "FP16 chunked accumulation and stochastic weight updates match float32 "
              "(Wang et al. 2018)",
     "value": {"gupta_sr_fl10_gap": 0.01, "gupta_nearest_fl8_gap": 0.10, "wang_fp8_gap": 0.01},
-    "source": "Gupta et al., ICML 2015, Fig. 1-2; Wang et al., NeurIPS 2018, Table 2; issue 5",
+    "source": "Gupta et al., ICML 2015, Fig. 1-2; Wang et al., NeurIPS 2018, Table 2",
 }
 
 

@@ -14,8 +14,8 @@ the true modes).
 Full setting (DEFAULTS, the paper's): G 2-400-400-400-400-2 (Linear without bias, BatchNorm,
 ReLU), D 3 maxout layers of 200 units x 5 pieces and a logit, weights N(0, 0.02^2), Adam lr 1e-4
 beta1 0.8, 100 packs per step, 400,000 steps (400 epochs of 100,000 points), 10 seeds. At full
-width a step costs about 11 ms per run on 2 unloaded CPU cores (the issue's calibration; 40-75 ms
-measured here on a loaded machine), so the 80 runs take days on a CPU: a GPU or a long job.
+width a step costs about 11 ms per run on 2 unloaded CPU cores, so the 80 runs take days on a
+CPU: a GPU or a long job.
 
 QUICK setting (the report's; deviations from the paper, all in the config): narrower nets (G
 hidden 64, D 64 maxout units x 5 pieces), Adam lr 2e-3 with a cosine decay to 5% over the run

@@ -147,7 +147,7 @@ PAPER = {
     },
     "source": "Gomez, Ren, Urtasun, Grosse 2017 (NeurIPS), The Reversible Residual Network; "
               "configs from renmengye/revnet-public",
-    "target": "fastnets issue 3: quick setting, RevNet accuracy within 0.5 points of the "
+    "target": "fastnets target: quick setting, RevNet accuracy within 0.5 points of the "
               "same-depth ResNet",
 }
 

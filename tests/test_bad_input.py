@@ -1,7 +1,7 @@
 """Bad input across the public API: every invalid argument is refused with an error that names it.
 
 One property test drives a table of public functions with generated invalid values (hypothesis);
-then one regression test per finding of the API fuzzing (issue 22), each of which used to give a
+then one regression test per finding of the API fuzzing, each of which used to give a
 silent wrong result or an unclear error.
 """
 

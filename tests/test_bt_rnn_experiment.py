@@ -40,7 +40,7 @@ def test_per_model_learning_rates():
   assert bt_rnn.model_learning_rate("bt_lstm_r4_c2", config) == 1e-2
   assert bt_rnn.model_learning_rate("bt_gru_r2", config) == 1e-2
   assert bt_rnn.model_learning_rate("tt_lstm", config) == 1e-3  # 0: the dense rate.
-  # Every quick model is in the compression regime the issue asks for (>= 100x, bias included).
+  # Every quick model is in the compression regime of the fastnets target (>= 100x, bias included).
   quick = common.merge_config(bt_rnn.DEFAULTS, bt_rnn.QUICK)
   dense = bt_rnn.model_input_params("lstm", quick) + 4 * quick["hidden"]
   for name in quick["models"]:

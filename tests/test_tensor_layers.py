@@ -57,7 +57,7 @@ def test_cell_input_params_and_classifier_counts():
   dense = SequenceClassifier(cell="lstm", hidden=16)
   dc = param_counts(variable_shapes(dense, jnp.ones((2, 3, 784))))
   assert dc["input_params"] == 784 * 64 + 64
-  # The target: >= 100x fewer input-to-hidden weights (one block, rank 2).
+  # The fastnets target: >= 100x fewer input-to-hidden weights (one block, rank 2).
   assert 784 * 64 / block_term.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 1) > 100
 
 
