@@ -36,9 +36,8 @@ format; layer inputs are rounded), so the accuracies are those of the low-precis
 
 Deviation from Wang (for CPU cost): chunked FP16 accumulation (`fp8_chunk_layers="middle"`) is
 applied only to the FP8 middle layer(s), in the forward and both backward GEMMs; the 16-bit first
-and last layers accumulate in float32. `chunked_dot` is a scalar-exact simulation, about 60x a BLAS
-matmul on a CPU: on 2 cores, chunking every layer of the quick MLP runs at ~10 steps/s instead of
-~100 (`fp8_chunk_layers="all"` does it).
+and last layers accumulate in float32. `chunked_dot` is an exact simulation, far slower than
+a BLAS matmul on a CPU; `fp8_chunk_layers="all"` chunks every layer as Wang did.
 
 Quick (the report's setting): bundled MNIST (7,000 train / 1,000 validation / 2,000 test), MLP
 784-100-100-10 (Gupta's 784-1000-1000-10, narrowed), batch 100, 2,000 SGD steps at lr 0.01,

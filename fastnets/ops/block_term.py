@@ -102,9 +102,9 @@ def bt_init(key: jax.Array, input_factors, output_factors, rank, num_blocks,
     dtype: parameter dtype.
     exact_norm: rescale the cores so that the realised W has mean square exactly scale / I
       (`bt_rescale_to_norm`). Without it that holds only in expectation: W is a sum of few
-      products of N + 1 normals, and its realised scale varies a lot between draws (with R = 1
-      the single core entry scales all of W: over 30 seeds of (4, 7, 4, 7) -> (8, 4, 2, 4) the
-      realised std ranged from 0.01x to 2.6x the target; 0.5x to 1.8x with R = 2).
+      products of N + 1 normals, and its realised scale varies a lot between draws (most with
+      R = 1, where the single core entry scales all of W; tests/test_tensor_formats.py checks
+      the exact norm).
 
   Returns:
     (factors: list of N arrays of shape (C, I_n, J_n, R_n), cores: array (C, R_1, ..., R_N)).
