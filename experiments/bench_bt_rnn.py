@@ -10,7 +10,7 @@ smallest intermediates) and input-projection mode (hoisted: the input map runs o
 batch x time rows before the scan; per_step: inside the scan on batch rows, as `nn.RNN`). The
 variants of one input dimension are timed interleaved (one step of each per round, after
 compilation and warm-up) and the medians are compared in the same run: `speedup_vs_lstm` =
-median(dense LSTM step) / median(variant step), same projection mode. The issue-9 target: BT-LSTM
+median(dense LSTM step) / median(variant step), same projection mode. The fastnets target: BT-LSTM
 faster than the LSTM at input dim 784 and above. Quick: 2-6 minutes on 2 (shared) CPU cores,
 mostly compilation.
 
@@ -30,7 +30,7 @@ import optax
 
 from fastnets import benchmarking, evidence
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
-from fastnets.ops import losses, tensor_formats
+from fastnets.ops import block_term, factorization, losses, tensor_train
 
 from . import common
 
@@ -59,9 +59,9 @@ QUICK = {"repeats": 10, "warmup": 2}
 SMOKE = {"input_dims": [784], "modes": ["hoisted"], "hidden": 16, "hidden_factors": [2, 2, 2, 2],
          "batch": 4, "time": 2, "warmup": 1, "repeats": 2}
 PAPER = {"claim": "BT-RNN reduces parameters and improves training efficiency over the LSTM "
-                  "(Ye et al. 2018); fastnets issue 9 target: a BT-LSTM training step is faster "
+                  "(Ye et al. 2018); fastnets target: a BT-LSTM training step is faster "
                   "than the dense LSTM's at input dimension 784 and above (CPU)",
-         "value": 1.0, "source": "Ye et al. 2018 (CVPR), BT-RNN; fastnets issue 9"}
+         "value": 1.0, "source": "Ye et al. 2018 (CVPR), BT-RNN"}
 
 
 def _make_step(model, tx):
@@ -85,7 +85,7 @@ def run(config: dict) -> dict:
   hidden_factors = tuple(int(f) for f in config["hidden_factors"])
   metrics = {}
   for dim in [int(d) for d in config["input_dims"]]:
-    in_f = FACTORS.get(dim) or tensor_formats.balanced_factors(dim, len(hidden_factors))
+    in_f = FACTORS.get(dim) or factorization.balanced_factors(dim, len(hidden_factors))
     x = jnp.asarray(rng.standard_normal((config["batch"], config["time"], dim)), jnp.float32)
     y = jnp.asarray(rng.integers(0, config["num_classes"], config["batch"]), jnp.int32)
     variants = {}
@@ -108,10 +108,10 @@ def run(config: dict) -> dict:
       rows = config["batch"] * (config["time"] if mode == "hoisted" else 1)
       out_f = (4 * hidden_factors[0],) + hidden_factors[1:]
       if cell.startswith("bt_"):
-        flops = tensor_formats.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
+        flops = block_term.bt_matmul_flops(rows, in_f, out_f, config["tucker_rank"],
                                    config["num_blocks"], opt).flops
       elif cell.startswith("tt_"):
-        flops = tensor_formats.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"], opt).flops
+        flops = tensor_train.tt_matmul_flops(rows, in_f, out_f, config["tt_rank"], opt).flops
       else:
         flops = 2 * rows * dim * 4 * config["hidden"]
       if mode == "per_step":

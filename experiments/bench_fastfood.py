@@ -5,7 +5,7 @@
 Part 1, `fastnets.ops.fwht` (float32, batch x n, transform over n): against a dense Hadamard matmul
 `x @ H_n` (jit, HIGHEST precision) and, when the `ffht` module is installed
 (`pip install numpy pybind11 wheel && pip install --no-build-isolation ffht-unofficial`), FFHT's
-AVX C code (`ffht.fht`, out of place, single thread as in the issue's measurements, and with all
+AVX C code (`ffht.fht`, out of place, single thread, and with all
 cores). `impls` lists the `fwht` implementations timed: "auto" (what `fwht` uses by default: the
 native C++ kernel on a CPU, single thread, `fastnets.kernels.native`), "xla" (Kronecker-factored
 matmuls; XLA uses all cores of the CPU), "native" (the C++ kernel, rows spread over XLA's CPU
@@ -76,14 +76,14 @@ SMOKE = {"fwht_log2": [4, 6], "dense_max_log2": 6, "widths": [64, 128], "batch":
          "layer_batch": 8, "warmup": 1, "repeats": 2}
 PAPER = {"claim": "Fastfood: O(n log d) time and O(n) parameters instead of O(nd) for a "
                   "fully connected layer (Le et al. 2013; Yang et al. 2015, Deep Fried "
-                  "Convnets). fastnets issue 4 targets: fwht at n=4096 >= 10x faster than a dense "
+                  "Convnets). fastnets targets: fwht at n=4096 >= 10x faster than a dense "
                   "matmul and within 3x of FFHT for n=2^10..2^14; FastfoodDense fwd+bwd faster "
                   "than "
                   "Dense from width 4096 with > 100x fewer parameters",
          "value": {"fwht_vs_dense_at_4096": 10.0, "fwht_over_ffht_max": 3.0,
                    "layer_speedup_from_4096": 1.0, "layer_param_ratio": 100.0},
          "source": "Yang et al. 2015 (ICCV), Deep Fried Convnets; Le et al. 2013 (ICML), "
-                   "Fastfood; fastnets issue 4"}
+                   "Fastfood"}
 
 
 def _ffht_module():

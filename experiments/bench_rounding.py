@@ -25,7 +25,7 @@ loaded shared machine it is the steadier of the two). The outputs are checked: r
 equals the native cast bit for bit (bfloat16, FP8), and the mean of stochastic rounding minus x
 over the values inside the format's range
 is within 6 standard errors of 0 (false-failure rate about 2e-9 per check).
-Target (issue 5): stochastic rounding (hash) costs at most 2x round-to-nearest.
+Target: stochastic rounding (hash) costs at most 2x round-to-nearest.
 
 Writes --workdir/results.json (metrics.rows, metrics.summary, metrics.qtorch) and rates.png.
 """
@@ -60,8 +60,8 @@ QUICK = {"size": 4 * 2**20, "repeats": 11}
 SMOKE = {"size": 4096, "warmup": 1, "repeats": 2, "qtorch": False}
 PAPER = {"claim": "stochastic rounding costs at most 2x a round-to-nearest cast; qtorch's "
                   "stochastic quantizer ~29x a bfloat16 cast, jax.random.bits-based SR 10-14x "
-                  "(issue 5's measured starting points, one core)",
-         "value": 2.0, "source": "fastnets issue 5"}
+                  "(the measured starting points, one core)",
+         "value": 2.0, "source": "fastnets target"}
 
 # name -> (fastnets format, native dtype or None, qtorch spec)
 FORMATS = {

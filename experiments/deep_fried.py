@@ -109,7 +109,7 @@ PAPER = {
     "source": "Yang, Moczulski, Denil, de Freitas, Smola, Song, Wang, Deep Fried Convnets, "
               "ICCV 2015 (MNIST about 0.7% error with far fewer parameters than the dense net; "
               "ImageNet top-1 errors and parameter counts of the whole nets)",
-    "target": "fastnets issue 4: quick MNIST, adaptive Fastfood within 0.5 points of the dense "
+    "target": "fastnets target: quick MNIST, adaptive Fastfood within 0.5 points of the dense "
               "net's accuracy with at least 10x fewer parameters in the replaced layers",
 }
 LR_MULT_NOTE = ("fixed at 30, about sqrt(800) = 28, the ratio of the dense weights' scale "

@@ -98,7 +98,7 @@ SMOKE = {**QUICK, "steps": 4, "batch_size": 16, "eval_batch_size": 500, "log_eve
 PAPER = {"claim": "dynamic input and kernel downsampling: up to 23% less training time on "
                   "residual networks with minimal validation-accuracy loss",
          "value": 0.23, "source": "Poulos, Nouri, Moshovos 2019, abstract",
-         "target": "fastnets issue 8: >= 15% less wall-clock time for the same steps, accuracy "
+         "target": "fastnets target: >= 15% less wall-clock time for the same steps, accuracy "
                    "within 0.5 points (several seeds)",
          "cost_model": "2x input downsampling with 3x3 -> 2x2 kernels: ~1/4 x 4/9 = 11% of a "
                        "full step's conv FLOPs"}

@@ -70,7 +70,7 @@ PAPER = {"claim": "input fast-forwarding (a parallel path sending input represen
                   "GoogLeNet and CaffeNet, 4x and 18x larger",
          "value": None, "source": "Ibrahim, Abbott, Hussein 2017, abstract; net from the "
                                   "aicentral/FFNet prototxt",
-         "target": "fastnets issue 8: larger early-layer gradient norms than the ablation at "
+         "target": "fastnets target: larger early-layer gradient norms than the ablation at "
                    "initialisation and better or equal accuracy for the same steps, several seeds"}
 
 MODELS = ("ffnet", "ablation", "resnet")

@@ -36,9 +36,8 @@ format; layer inputs are rounded), so the accuracies are those of the low-precis
 
 Deviation from Wang (for CPU cost): chunked FP16 accumulation (`fp8_chunk_layers="middle"`) is
 applied only to the FP8 middle layer(s), in the forward and both backward GEMMs; the 16-bit first
-and last layers accumulate in float32. `chunked_dot` is a scalar-exact simulation, about 60x a BLAS
-matmul on a CPU: on 2 cores, chunking every layer of the quick MLP runs at ~10 steps/s instead of
-~100 (`fp8_chunk_layers="all"` does it).
+and last layers accumulate in float32. `chunked_dot` is an exact simulation, far slower than
+a BLAS matmul on a CPU; `fp8_chunk_layers="all"` chunks every layer as Wang did.
 
 Quick (the report's setting): bundled MNIST (7,000 train / 1,000 validation / 2,000 test), MLP
 784-100-100-10 (Gupta's 784-1000-1000-10, narrowed), batch 100, 2,000 SGD steps at lr 0.01,
@@ -60,7 +59,7 @@ import functools
 import math
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,6 +67,7 @@ import jax.numpy as jnp
 
 from fastnets import data, evidence, ops, train
 from fastnets import nn as fnn
+from fastnets.models.low_precision import LowPrecisionNet
 from fastnets.ops import FP8_E5M2, FP16_WANG, FixedPoint, QuantConfig
 
 from . import common
@@ -110,78 +110,8 @@ PAPER = {
              "FP16 chunked accumulation and stochastic weight updates match float32 "
              "(Wang et al. 2018)",
     "value": {"gupta_sr_fl10_gap": 0.01, "gupta_nearest_fl8_gap": 0.10, "wang_fp8_gap": 0.01},
-    "source": "Gupta et al., ICML 2015, Fig. 1-2; Wang et al., NeurIPS 2018, Table 2; issue 5",
+    "source": "Gupta et al., ICML 2015, Fig. 1-2; Wang et al., NeurIPS 2018, Table 2",
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Model
-
-
-def _rounded_init(base: Callable, fmt: Optional[ops.Format]) -> Callable:
-  """Kernel initialiser whose values are rounded (to nearest) to `fmt`: params start in it."""
-  if fmt is None:
-    return base
-
-  def init(key, shape, dtype=jnp.float32):
-    return ops.round_nearest(base(key, shape, dtype), fmt)
-
-  return init
-
-
-class LowPrecisionNet(nn.Module):
-  """An MLP or a small CNN whose layers are named layer0, layer1, ... (for per-layer formats).
-
-  Attributes:
-    num_classes: logits.
-    kind: "mlp" (Dense layers of widths `features`) or "cnn" (5x5 SAME convs of `features`
-      channels, each followed by ReLU and 2x2 max-pooling, then a Dense of `dense` units).
-    features: see kind.
-    dense: cnn only, the dense hidden width.
-    kernel_formats: per layer, the format the initial kernel is rounded to (None: float32).
-      Biases start at zero, which every format holds.
-    eval_select: module -> QuantConfig or None, applied (round to nearest) when train=False, so
-      that evaluation measures the low-precision network. None: float32 evaluation.
-  """
-  num_classes: int = 10
-  kind: str = "mlp"
-  features: Sequence[int] = (100, 100)
-  dense: int = 64
-  kernel_formats: Optional[tuple] = None
-  eval_select: Optional[Callable] = None
-
-  def _layers(self) -> int:
-    return len(self.features) + (2 if self.kind == "cnn" else 1)
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """x: (batch, H, W, C) float32 -> (batch, num_classes) float32 logits."""
-    if self.kind not in ("mlp", "cnn"):
-      raise ValueError(f"kind must be 'mlp' or 'cnn', got {self.kind!r}.")
-    if not train and self.eval_select is not None:
-      with fnn.quantized(QuantConfig(), select=self.eval_select):
-        return self._forward(x)
-    return self._forward(x)
-
-  def _forward(self, x):
-    fmts = self.kernel_formats or (None,) * self._layers()
-    base = nn.initializers.lecun_normal()
-    i = 0
-    if self.kind == "cnn":
-      for f in self.features:
-        x = nn.Conv(f, (5, 5), padding="SAME", kernel_init=_rounded_init(base, fmts[i]),
-                    name=f"layer{i}")(x)
-        x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding="SAME")
-        i += 1
-      widths = [self.dense]
-    else:
-      widths = list(self.features)
-    x = x.reshape((x.shape[0], -1))
-    for f in widths:
-      x = nn.relu(nn.Dense(f, kernel_init=_rounded_init(base, fmts[i]), name=f"layer{i}")(x))
-      i += 1
-    return nn.Dense(self.num_classes, kernel_init=_rounded_init(base, fmts[i]),
-                    name=f"layer{i}")(x).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,24 +257,6 @@ def fp8_recipe(layer_names: Sequence[str], chunk: int, chunk_layers: str, loss_s
 # Training
 
 
-@jax.custom_vjp
-def _scale_grad(tree, scale):
-  """Identity; multiplies the cotangent by `scale` (loss scaling)."""
-  del scale
-  return tree
-
-
-def _scale_grad_fwd(tree, scale):
-  return tree, scale
-
-
-def _scale_grad_bwd(scale, g):
-  return jax.tree.map(lambda v: v * scale.astype(v.dtype), g), None
-
-
-_scale_grad.defvjp(_scale_grad_fwd, _scale_grad_bwd)
-
-
 def make_loss_fn(model: nn.Module, recipe: Recipe) -> train.steps.LossFn:
   """Cross-entropy of the model under `fastnets.nn.quantized`, entered inside the loss function.
 
@@ -356,10 +268,10 @@ def make_loss_fn(model: nn.Module, recipe: Recipe) -> train.steps.LossFn:
   default = next(iter(recipe.layer_configs.values()))
 
   def loss_fn(params, model_state, batch, rng):
-    p = _scale_grad(params, jnp.float32(1.0 / s)) if s != 1.0 else params
+    p = ops.scale_grad(params, jnp.float32(1.0 / s)) if s != 1.0 else params
     with fnn.quantized(default, rng, select=recipe.select):
       logits = model.apply({"params": p, **model_state}, batch["image"], train=True)
-    scaled = _scale_grad(logits, jnp.float32(s)) if s != 1.0 else logits
+    scaled = ops.scale_grad(logits, jnp.float32(s)) if s != 1.0 else logits
     loss = ops.cross_entropy_loss(scaled, batch["label"])
     return loss, (model_state, {"accuracy": ops.accuracy(logits, batch["label"])})
 

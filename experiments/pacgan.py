@@ -13,9 +13,8 @@ the true modes).
 
 Full setting (DEFAULTS, the paper's): G 2-400-400-400-400-2 (Linear without bias, BatchNorm,
 ReLU), D 3 maxout layers of 200 units x 5 pieces and a logit, weights N(0, 0.02^2), Adam lr 1e-4
-beta1 0.8, 100 packs per step, 400,000 steps (400 epochs of 100,000 points), 10 seeds. At full
-width a step costs about 11 ms per run on 2 unloaded CPU cores (the issue's calibration; 40-75 ms
-measured here on a loaded machine), so the 80 runs take days on a CPU: a GPU or a long job.
+beta1 0.8, 100 packs per step, 400,000 steps (400 epochs of 100,000 points), 10 seeds. The 80 runs
+of the full setting are for a GPU or a long job.
 
 QUICK setting (the report's; deviations from the paper, all in the config): narrower nets (G
 hidden 64, D 64 maxout units x 5 pieces), Adam lr 2e-3 with a cosine decay to 5% over the run
@@ -24,9 +23,6 @@ is the paper's *ordering* (packed variants recover more modes and have a lower r
 GAN, on average over seeds), not its numbers: after 8,000 steps the packed variants' grid samples
 are still diffuse (a few percent high quality), so their grid mode counts rest on few samples. All
 runs of one pack degree (datasets x seeds) train together in one `vmap`ped, `lax.scan`ned program.
-Measured here (2 shared CPU cores, load average 4-5): 7 min 44 s wall, 6 min 40 s CPU. The
-reverse-KL ordering held on ring and grid; the mode-count ordering did not (PacGAN4 on the ring
-and PacGAN3 on the grid were not above the GAN): see the report rows.
 
 Stacked MNIST (`--task=stacked_mnist`, Table 2, VEEGAN setting; not in QUICK: too slow on a
 CPU): a small DCGAN pair on three bundled-MNIST digits stacked as channels (1,000 modes), z

@@ -49,12 +49,9 @@ Quick setting (the report's), with these deviations from the paper, all for time
 Why it has to be this small: on XLA:CPU the convolution *gradients* inside a `lax.scan` body stay
 in a slow non-canonical form (outside a loop XLA rewrites them to its fast convolution kernels),
 and a RevNet's reversible stacks are scans (forward and rebuilding backward pass; also with
-`backprop="store"`). Measured here at batch 32 on 28x28: RevNet-38 ~9 s per train step vs ~0.6 s
-for ResNet-32 at full width (16x), 0.26 s vs 0.10 s at width / 4 (2.7x); the same 2-conv stack
-differentiated inside a scan is ~35x slower than unrolled. The GPU backend is not expected to
-have this problem (not measured: no GPU here). The quick RevNet-vs-ResNet step times are
-therefore not the paper's "one extra forward pass" cost; the `store` vs `reversible` ratio of the
-same network (both in scans) is the fairer measure of that.
+`backprop="store"`); `tools/measure_revnet_unroll.py` measures the cost. The quick
+RevNet-vs-ResNet step times are therefore not the paper's "one extra forward pass" cost; the
+`store` vs `reversible` ratio of the same network (both in scans) is the fairer measure of that.
 
 Writes to --workdir: results.json (metrics.<model name> = {test_accuracy (mean over seeds),
 test_accuracy_per_seed, params, temp_bytes,
@@ -147,7 +144,7 @@ PAPER = {
     },
     "source": "Gomez, Ren, Urtasun, Grosse 2017 (NeurIPS), The Reversible Residual Network; "
               "configs from renmengye/revnet-public",
-    "target": "fastnets issue 3: quick setting, RevNet accuracy within 0.5 points of the "
+    "target": "fastnets target: quick setting, RevNet accuracy within 0.5 points of the "
               "same-depth ResNet",
 }
 

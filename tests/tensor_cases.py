@@ -1,7 +1,8 @@
 """Shared cases and independent references of the Block-Term / Tensor-Train tests.
 
 `bt_reference` and `tt_reference` build W as a sum of Kronecker products in numpy, without einsum
-subscripts, so they check `fastnets.ops.tensor_formats` independently of its contraction code.
+subscripts, so they check `fastnets.ops.block_term` / `tensor_train` independently of their
+contraction code.
 """
 
 import itertools
@@ -11,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets.ops import tensor_formats
+from fastnets.ops import block_term, tensor_train
 
 
 def param_size(tree) -> int:
@@ -31,7 +32,7 @@ def randn(seed, shape):
 def np_bt(seed, in_f, out_f, rank, blocks):
   """Random float64 BT parameters from numpy (no compilation, unlike jax.random eagerly)."""
   rng = np.random.default_rng(seed)
-  f_shapes, c_shape = tensor_formats.bt_shapes(in_f, out_f, rank, blocks)
+  f_shapes, c_shape = block_term.bt_shapes(in_f, out_f, rank, blocks)
   return ([jnp.asarray(rng.standard_normal(s) / math.sqrt(s[1] * s[3])) for s in f_shapes],
           jnp.asarray(rng.standard_normal(c_shape)))
 
@@ -39,7 +40,7 @@ def np_bt(seed, in_f, out_f, rank, blocks):
 def np_tt(seed, in_f, out_f, ranks):
   rng = np.random.default_rng(seed)
   return [jnp.asarray(rng.standard_normal(s) / math.sqrt(s[1] * s[3]))
-          for s in tensor_formats.tt_shapes(in_f, out_f, ranks)]
+          for s in tensor_train.tt_shapes(in_f, out_f, ranks)]
 
 
 def bt_reference(factors, cores) -> np.ndarray:

@@ -281,6 +281,15 @@ def test_scale_fastfood_updates_scales_only_the_diagonals():
   assert first["adaptive"] == {"S": -10.0, "G": -10.0, "B": -10.0, "bias": -1.0}
   assert first["fixed"] == {"bias": -1.0} and first["other"] == {"S": -1.0}
   assert jax.tree.structure(updates) == jax.tree.structure(params)
+  mask = fnn.fastfood_diagonal_mask(params)
+  assert mask["adaptive"] == {"S": True, "G": True, "B": True, "bias": False}
+  assert mask["other"] == {"S": False}
+  # Bit-identical to multiplying the diagonals' updates by hand (what deep_fried did before).
+  u = jax.tree.map(lambda p: 0.37 * p + 0.01, params)
+  scale = fnn.scale_fastfood_updates(10.0)
+  scaled, _ = scale.update(u, scale.init(params))
+  by_hand = jax.tree.map(lambda v, m: v * 10.0 if m else v, u, mask)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), scaled, by_hand))
   for bad in (0.0, -1.0, float("nan"), "2", True):
     with pytest.raises(ValueError, match="mult must be a positive finite number"):
       fnn.scale_fastfood_updates(bad)

@@ -101,7 +101,7 @@ def test_imports_point_down():
 
 
 def _module_aliases(module: str) -> dict[str, str]:
-  """Local names bound to other fastnets modules (`from fastnets.ops import numerics as n`)."""
+  """Local names bound to other fastnets modules (`from fastnets.ops import rounding as r`)."""
   aliases = {}
   for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fastnets"):

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fastnets import models
+from fastnets import models, ops
+from fastnets.ops import FixedPoint, QuantConfig
 
 
 def _count(variables):
@@ -43,3 +44,28 @@ def test_register_model():
   assert isinstance(models.create_model("test_only_cnn", 3), models.SmallCNN)
   with pytest.raises(ValueError, match="already registered"):
     models.register_model("test_only_cnn", lambda num_classes: None)
+
+
+@pytest.mark.parametrize("kind,features,layers", [("mlp", (8, 6), 3), ("cnn", (4,), 3)])
+def test_low_precision_net_layers_formats_and_quantised_eval(kind, features, layers):
+  fmt = FixedPoint(2, 4)
+  model = models.LowPrecisionNet(num_classes=5, kind=kind, features=features, dense=6)
+  assert model.num_layers() == layers
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+  params = model.init(jax.random.key(0), x)["params"]
+  assert sorted(params) == [f"layer{i}" for i in range(layers)]
+  rounded = models.LowPrecisionNet(num_classes=5, kind=kind, features=features, dense=6,
+                                   kernel_formats=(fmt,) + (None,) * (layers - 1))
+  p = rounded.init(jax.random.key(0), x)["params"]
+  k0 = p["layer0"]["kernel"]
+  assert bool(jnp.all(ops.is_representable(k0, fmt))) and not jnp.array_equal(
+      k0, params["layer0"]["kernel"])
+  assert jnp.array_equal(p["layer1"]["kernel"], params["layer1"]["kernel"])
+  coarse = QuantConfig(activations=FixedPoint(2, 1))
+  ev = models.LowPrecisionNet(num_classes=5, kind=kind, features=features, dense=6,
+                              eval_select=lambda m: coarse)
+  float_logits = model.apply({"params": params}, x)
+  assert jnp.array_equal(ev.apply({"params": params}, x, train=True), float_logits)
+  assert not jnp.allclose(ev.apply({"params": params}, x), float_logits)
+  with pytest.raises(ValueError, match="kind"):
+    models.LowPrecisionNet(kind="rnn").init(jax.random.key(0), x)

@@ -1,4 +1,5 @@
-"""Tests of fastnets.ops.numerics: formats, round-to-nearest, stochastic rounding.
+"""Tests of fastnets.ops.number_formats, rounding, random_bits and quantization: formats,
+round-to-nearest, stochastic rounding.
 
 Gupta et al. 2015 (fixed point, stochastic rounding); Wang et al. 2018 (FP8, FP16 formats).
 """
@@ -15,8 +16,8 @@ import pytest
 from jax.test_util import check_grads
 
 from fastnets import ops
-from fastnets.ops import numerics
-from fastnets.ops.numerics import (
+from fastnets.ops import random_bits
+from fastnets.ops.number_formats import (
   BFLOAT16,
   FLOAT16,
   FLOAT32,
@@ -260,10 +261,10 @@ def test_hash_bits_statistics():
   """
   n = 1 << 18
   key = jax.random.key(11)
-  s0, s1 = numerics._key_words(key)
-  a = np.asarray(numerics._hash_bits32(s0, s1, (n,)), np.uint64)
-  t0, t1 = numerics._key_words(jax.random.fold_in(key, 1))
-  b = np.asarray(numerics._hash_bits32(t0, t1, (n,)), np.uint64)
+  s0, s1 = random_bits.key_words(key)
+  a = np.asarray(random_bits.hash_bits32(s0, s1, (n,)), np.uint64)
+  t0, t1 = random_bits.key_words(jax.random.fold_in(key, 1))
+  b = np.asarray(random_bits.hash_bits32(t0, t1, (n,)), np.uint64)
   bits = (a[:, None] >> np.arange(32, dtype=np.uint64)) & np.uint64(1)
   assert np.abs(bits.mean(0) - 0.5).max() < 6e-3
   u, v = a / 2.0 ** 32, b / 2.0 ** 32

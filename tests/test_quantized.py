@@ -346,3 +346,20 @@ def test_apply_updates_low_precision_and_bad_input():
   with pytest.raises(TypeError, match="config must be a QuantConfig"):
     with fnn.quantized({"weights": FP8_E5M2}):
       pass
+
+
+def test_scale_grad_scales_the_cotangent_only():
+  x = {"a": jnp.arange(3.0), "b": jnp.ones((2,), jnp.float16)}
+  f = lambda t: jnp.sum(t["a"] ** 2) + jnp.sum(t["b"].astype(jnp.float32))
+  out = ops.scale_grad(x, jnp.float32(8.0))
+  assert jax.tree.all(jax.tree.map(lambda u, v: bool(jnp.array_equal(u, v)), out, x))
+  g = jax.grad(lambda t: f(ops.scale_grad(t, jnp.float32(8.0))))(x)
+  np.testing.assert_array_equal(g["a"], 8.0 * 2 * np.arange(3.0))
+  assert g["b"].dtype == jnp.float16 and np.all(np.asarray(g["b"], np.float32) == 8.0)
+  # Scaling the logits by s and the parameters by 1/s leaves the parameter gradient unchanged.
+  w = jnp.array([0.5, -1.5])
+  loss = lambda w, s: jnp.sum(ops.scale_grad(ops.scale_grad(w, 1 / s) * 3.0, s) ** 2)
+  np.testing.assert_array_equal(jax.grad(loss)(w, jnp.float32(1024.0)),
+                                jax.grad(lambda w: jnp.sum((w * 3.0) ** 2))(w))
+  with pytest.raises(ValueError, match="scale"):
+    ops.scale_grad(x, jnp.ones(2))

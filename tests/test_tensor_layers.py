@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 from fastnets.models.bt_rnn import SequenceClassifier, param_counts
 from fastnets.nn import tensor_layers as tl
-from fastnets.ops import tensor_formats
+from fastnets.ops import block_term, tensor_train
 from tests.tensor_cases import (
   BT_CASES,
   TT_CASES,
@@ -24,9 +24,9 @@ from tests.tensor_cases import (
 
 @pytest.mark.parametrize("in_f,out_f,rank,blocks", BT_CASES)
 def test_bt_num_params(in_f, out_f, rank, blocks):
-  n = tensor_formats.bt_num_params(in_f, out_f, rank, blocks)
+  n = block_term.bt_num_params(in_f, out_f, rank, blocks)
   assert n == param_size(jax.eval_shape(
-      lambda k: tensor_formats.bt_init(k, in_f, out_f, rank, blocks), jax.random.key(0)))
+      lambda k: block_term.bt_init(k, in_f, out_f, rank, blocks), jax.random.key(0)))
   x = jnp.ones((1, math.prod(in_f)))
   with_bias = variable_shapes(tl.BTLinear(in_f, out_f, rank, blocks), x)
   assert param_size(with_bias) == n + math.prod(out_f)
@@ -35,8 +35,8 @@ def test_bt_num_params(in_f, out_f, rank, blocks):
 
 @pytest.mark.parametrize("in_f,out_f,ranks", TT_CASES)
 def test_tt_num_params(in_f, out_f, ranks):
-  n = tensor_formats.tt_num_params(in_f, out_f, ranks)
-  assert n == param_size(jax.eval_shape(lambda k: tensor_formats.tt_init(k, in_f, out_f, ranks),
+  n = tensor_train.tt_num_params(in_f, out_f, ranks)
+  assert n == param_size(jax.eval_shape(lambda k: tensor_train.tt_init(k, in_f, out_f, ranks),
                                    jax.random.key(0)))
   x = jnp.ones((1, math.prod(in_f)))
   assert param_size(variable_shapes(tl.TTLinear(in_f, out_f, ranks), x)) == n + math.prod(out_f)
@@ -47,7 +47,7 @@ def test_cell_input_params_and_classifier_counts():
                        tucker_rank=2, num_blocks=3)
   x = jnp.ones((2, 784))
   params = variable_shapes(cell, cell.initialize_carry(jax.random.key(0), x.shape), x)
-  expected = tensor_formats.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 3) + 64
+  expected = block_term.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 3) + 64
   assert param_size(params["params"]["input_map"]) == expected
   model = SequenceClassifier(cell="bt_lstm", hidden=16, hidden_factors=(2, 2, 2, 2),
                              input_factors=(4, 7, 4, 7), num_blocks=3)
@@ -57,8 +57,8 @@ def test_cell_input_params_and_classifier_counts():
   dense = SequenceClassifier(cell="lstm", hidden=16)
   dc = param_counts(variable_shapes(dense, jnp.ones((2, 3, 784))))
   assert dc["input_params"] == 784 * 64 + 64
-  # The target: >= 100x fewer input-to-hidden weights (one block, rank 2).
-  assert 784 * 64 / tensor_formats.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 1) > 100
+  # The fastnets target: >= 100x fewer input-to-hidden weights (one block, rank 2).
+  assert 784 * 64 / block_term.bt_num_params((4, 7, 4, 7), (8, 2, 2, 2), 2, 1) > 100
 
 
 def test_bt_lstm_cell_grads():
@@ -284,36 +284,36 @@ def test_bad_factorizations_rejected():
                                       hidden_factors=(2, 3)).init,
                    jax.random.key(0), jnp.ones((2, 3, 24)))
   with pytest.raises(ValueError, match="input_factors must contain positive ints"):
-    tensor_formats.bt_num_params((2, 0), (2, 2), 2, 1)
+    block_term.bt_num_params((2, 0), (2, 2), 2, 1)
   with pytest.raises(TypeError, match="output_factors must contain ints"):
-    tensor_formats.bt_num_params((2, 2), (2, 2.0), 2, 1)
+    block_term.bt_num_params((2, 2), (2, 2.0), 2, 1)
   with pytest.raises(ValueError, match="same number of modes"):
-    tensor_formats.tt_num_params((2, 2), (4,), 2)
+    tensor_train.tt_num_params((2, 2), (4,), 2)
   with pytest.raises(ValueError, match="rank must be an int or a sequence of 2"):
-    tensor_formats.bt_num_params((2, 2), (2, 2), (1, 2, 3), 1)
+    block_term.bt_num_params((2, 2), (2, 2), (1, 2, 3), 1)
   with pytest.raises(ValueError, match="tt_ranks must be an int, a sequence of N-1 = 1"):
-    tensor_formats.tt_num_params((2, 2), (2, 2), (1, 2, 3))
+    tensor_train.tt_num_params((2, 2), (2, 2), (1, 2, 3))
 
 
 def test_bad_arrays_rejected():
-  factors, cores = tensor_formats.bt_init(jax.random.key(0), (2, 3), (2, 2), 2, 1)
+  factors, cores = block_term.bt_init(jax.random.key(0), (2, 3), (2, 2), 2, 1)
   with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., I\) with I .* = 6"):
-    tensor_formats.bt_matmul(jnp.ones((2, 5)), factors, cores)
+    block_term.bt_matmul(jnp.ones((2, 5)), factors, cores)
   with pytest.raises(TypeError, match="x must be a floating-point"):
-    tensor_formats.bt_matmul(jnp.ones((2, 6), jnp.int32), factors, cores)
+    block_term.bt_matmul(jnp.ones((2, 6), jnp.int32), factors, cores)
   with pytest.raises(ValueError, match=r"cores must have shape \(C, R_1, \.\.\., R_N\)"):
-    tensor_formats.bt_matmul(jnp.ones((2, 6)), factors, cores[:, :1])
+    block_term.bt_matmul(jnp.ones((2, 6)), factors, cores[:, :1])
   with pytest.raises(ValueError, match="same number of blocks"):
-    tensor_formats.bt_dense([factors[0], jnp.concatenate([factors[1]] * 2)], cores)
-  tt = tensor_formats.tt_init(jax.random.key(0), (2, 3), (2, 2), 2)
+    block_term.bt_dense([factors[0], jnp.concatenate([factors[1]] * 2)], cores)
+  tt = tensor_train.tt_init(jax.random.key(0), (2, 3), (2, 2), 2)
   with pytest.raises(ValueError, match=r"cores\[0\]\.shape\[3\] = 2 must equal cores\[1\]"):
-    tensor_formats.tt_matmul(jnp.ones((2, 6)), [tt[0], tt[1][:1]])
+    tensor_train.tt_matmul(jnp.ones((2, 6)), [tt[0], tt[1][:1]])
   with pytest.raises(ValueError, match="boundary ranks must be 1"):
-    tensor_formats.tt_dense([jnp.ones((2, 2, 2, 1))])
+    tensor_train.tt_dense([jnp.ones((2, 2, 2, 1))])
   with pytest.raises(ValueError, match="optimize must be one of"):
-    tensor_formats.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize="fastest")
+    block_term.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize="fastest")
   with pytest.raises(ValueError, match="not a valid contraction path"):
-    tensor_formats.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize=[(0, 7)])
+    block_term.bt_matmul(jnp.ones((2, 6)), factors, cores, optimize=[(0, 7)])
   with pytest.raises(ValueError, match="cell must be one of"):
     jax.eval_shape(SequenceClassifier(cell="bt_rnn").init, jax.random.key(0),
                    jnp.ones((1, 2, 16)))

@@ -7,7 +7,7 @@ cells = [
     md(
         '# Faster training: dynamic downsampling and input fast-forwarding (FFNet)\n'
         '\n'
-        'Two techniques from issue 8:\n'
+        'Two techniques:\n'
         '\n'
         '* **Dynamic input and kernel downsampling** (Poulos, Nouri, Moshovos 2019): some mini-batches run a *downsampled* step — the input average-pooled by 2 and every 3x3 convolution kernel pooled to 2x2 — with the same parameters; the pooling is differentiable, so the gradients reach the full-size kernels.\n'
         "* **FFNet** (Ibrahim, Abbott, Hussein 2017): a fast-forward branch sends each stage's input past its main path, which keeps the gradients of the early layers large.\n"

@@ -24,3 +24,6 @@ from fastnets.data.synthetic import (SYNTHETIC_SETS, GaussianMixtureData, Stacke
                                      make_stacked_mnist, ring_means)
 __all__ += ["SYNTHETIC_SETS", "GaussianMixtureData", "StackedMNIST", "grid_means",
             "load_synthetic", "make_grid", "make_ring", "make_stacked_mnist", "ring_means"]
+from fastnets.data.sequences import (SEQUENCE_TASKS, load_video_dataset, make_digit_sequences,
+                                     video_frames)
+__all__ += ["SEQUENCE_TASKS", "load_video_dataset", "make_digit_sequences", "video_frames"]

@@ -7,9 +7,10 @@ from typing import Any, Callable
 import flax.linen as nn
 
 from fastnets.models.abc_net import ABCCNN
-from fastnets.models.bt_rnn import SequenceClassifier
+from fastnets.models.bt_rnn import FrameSequenceClassifier, SequenceClassifier
 from fastnets.models.cnn import SmallCNN
 from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
+from fastnets.models.low_precision import LowPrecisionNet
 from fastnets.models.ffnet import (
     FastForward, FFNet, FFNetMainPath, FFNetStage, ffnet_spatial_sizes,
 )
@@ -30,13 +31,12 @@ __all__ = [
     "ABCCNN",
     "BasicBlock", "BottleneckBlock", "create_model", "DCGANDiscriminator", "DCGANGenerator",
     "DeepFriedConvnet", "digit_classifier", "FC_KINDS", "fc_param_count", "FastForward", "FFNet",
-    "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes", "matching_resnet",
-    "MaxoutDiscriminator", "MLPGenerator", "model_names", "register_model", "ResNet",
-    "RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "revnet110", "revnet164", "revnet38",
-    "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",
+    "FFNetMainPath", "FFNetStage", "ffnet_spatial_sizes", "FrameSequenceClassifier",
+    "latent_generator", "LowPrecisionNet", "matching_resnet", "MLPAutoencoder", "MLPDecoder",
+    "MaxoutDiscriminator", "MLPGenerator", "model_names", "POOLING_HEADS", "PoolingCNN",
+    "register_model", "ResNet", "RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "revnet110",
+    "revnet164", "revnet38", "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",
 ]
-__all__ += ["POOLING_HEADS", "PoolingCNN"]
-__all__ += ["MLPAutoencoder", "MLPDecoder", "latent_generator"]
 
 # name -> factory(num_classes, **overrides). Names with a trailing depth ("resnet32") are parsed
 # by `create_model`. PacGAN generators and discriminators are generative models and

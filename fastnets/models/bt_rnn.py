@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fastnets.nn import tensor_layers as tl
-from fastnets.ops import tensor_formats
+from fastnets.ops import factorization
 
 CELLS = ("lstm", "gru", "tt_lstm", "tt_gru", "bt_lstm", "bt_gru")
 
@@ -69,13 +69,13 @@ class SequenceClassifier(nn.Module):
       return tl.DenseGRUCell(**common)
     in_f = self.input_factors
     if in_f is None:
-      in_f = tensor_formats.balanced_factors(in_features, self.num_factors)
-    in_f = tensor_formats.check_factorization(in_features, in_f, "input_factors",
+      in_f = factorization.balanced_factors(in_features, self.num_factors)
+    in_f = factorization.check_factorization(in_features, in_f, "input_factors",
                                   "the frame size x.shape[-1]")
     hid_f = self.hidden_factors
     if hid_f is None:
-      hid_f = tensor_formats.balanced_factors(self.hidden, len(in_f))
-    hid_f = tensor_formats.check_factorization(self.hidden, hid_f, "hidden_factors", "hidden")
+      hid_f = factorization.balanced_factors(self.hidden, len(in_f))
+    hid_f = factorization.check_factorization(self.hidden, hid_f, "hidden_factors", "hidden")
     tensor = dict(input_factors=in_f, hidden_factors=hid_f, optimize=self.optimize)
     if self.cell.startswith("bt_"):
       cls = tl.BTLSTMCell if self.cell == "bt_lstm" else tl.BTGRUCell
@@ -113,6 +113,18 @@ class SequenceClassifier(nn.Module):
     h = hs[:, -1]
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h).astype(jnp.float32)
+
+
+class FrameSequenceClassifier(SequenceClassifier):
+  """`SequenceClassifier` on frames stored as images (batch, time, features, 1) (or any
+  (batch, time, ...)): flattens each frame, then runs the recurrent layer and the head."""
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Args: x: (batch, time, ...) float frames. Returns: (batch, num_classes) float32 logits."""
+    x = jnp.asarray(x)
+    if x.ndim < 3:
+      raise ValueError(f"x must have shape (batch, time, ...frame), got shape {x.shape}.")
+    return super().__call__(x.reshape(x.shape[:2] + (-1,)), train=train)
 
 
 def param_counts(params) -> dict[str, int]:

@@ -7,11 +7,12 @@ from fastnets.nn.reversible import (  # noqa: F401
 
 # Fastfood layers (Yang et al. 2015).
 from fastnets.nn.fastfood import (  # noqa: F401
-    FASTFOOD_CONSTANTS, FASTFOOD_DIAGONALS, FastfoodDense, scale_fastfood_updates,
+    FASTFOOD_CONSTANTS, FASTFOOD_DIAGONALS, fastfood_diagonal_mask, FastfoodDense,
+    scale_fastfood_updates,
 )
 
 # Limited precision: quantized layers (Gupta et al. 2015; Wang et al. 2018).
-from fastnets.nn.quantized import (  # noqa: F401
+from fastnets.nn.quantization import (  # noqa: F401
     quantized, quantized_layer_kind,
 )
 
@@ -62,7 +63,7 @@ __all__ = [
     "CovariancePooling", "GMSOP",
     "BTGRUCell", "BTLinear", "BTLSTMCell", "conv_kernel_prunable", "DenseGRUCell",
     "DenseLSTMCell", "downsampled_apply", "FASTFOOD_CONSTANTS", "FASTFOOD_DIAGONALS",
-    "FastfoodDense", "scale_fastfood_updates",
+    "FastfoodDense", "scale_fastfood_updates", "fastfood_diagonal_mask",
     "model_conv_flops", "Packed", "packed", "pooled_kernels", "quantized",
     "quantized_layer_kind", "resolve_target", "RevBlock", "ReversibleStack", "sparse_apply",
     "sparse_convs", "sparsify_variables", "stacked_orthogonal", "TTGRUCell", "TTLinear",

@@ -169,6 +169,26 @@ class FastfoodDense(nn.Module):
     return y
 
 
+def _key_name(k):
+  return getattr(k, "key", getattr(k, "name", None))
+
+
+def fastfood_diagonal_mask(tree: Any) -> Any:
+  """A pytree of bools like `tree`: True at the Fastfood diagonals S, G and B.
+
+  A leaf is a diagonal when its name is one of `FASTFOOD_DIAGONALS` and its parent (the layer's
+  dict, as `FastfoodDense` creates) holds a leaf of each of the three names; everything else is
+  False. Use it as the mask of `optax.masked` to treat the diagonals apart.
+  """
+  paths = [tuple(map(_key_name, path)) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  names = set(paths)
+  parents = {n[:-1] for n in names if n[-1] in FASTFOOD_DIAGONALS}
+  layers = {p for p in parents if all(p + (d,) in names for d in FASTFOOD_DIAGONALS)}
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: (tuple(map(_key_name, path[:-1])) in layers
+                       and _key_name(path[-1]) in FASTFOOD_DIAGONALS), tree)
+
+
 def scale_fastfood_updates(mult: float) -> optax.GradientTransformation:
   """An optax transformation that multiplies the updates of Fastfood diagonals by `mult`.
 
@@ -176,7 +196,8 @@ def scale_fastfood_updates(mult: float) -> optax.GradientTransformation:
   adaptive layer's S, G and B (any dict of `params` holding all three of `FASTFOOD_DIAGONALS`, as
   `FastfoodDense` does) then train at `mult` times the learning rate, everything else at the rate
   given. Deep Fried Convnets (Yang et al. 2015) trains the diagonals at their own rate; with Adam a
-  larger one is needed for them to move at all.
+  larger one is needed for them to move at all. It is `optax.masked(optax.scale(mult),
+  fastfood_diagonal_mask)`.
 
   Args:
     mult: positive finite multiplier.
@@ -188,19 +209,4 @@ def scale_fastfood_updates(mult: float) -> optax.GradientTransformation:
       or mult <= 0:
     raise ValueError(f"scale_fastfood_updates: mult must be a positive finite number, got {mult!r}")
 
-  def key_name(k):
-    return getattr(k, "key", getattr(k, "name", None))
-
-  def update_fn(updates, params=None):
-    del params
-    leaves = jax.tree_util.tree_leaves_with_path(updates)
-    names = {tuple(key_name(k) for k in path) for path, _ in leaves}
-    # A layer: a parent path holding a leaf of every diagonal name.
-    parents = {n[:-1] for n in names if n[-1] in FASTFOOD_DIAGONALS}
-    layers = {p for p in parents if all(p + (d,) in names for d in FASTFOOD_DIAGONALS)}
-    return jax.tree_util.tree_map_with_path(
-        lambda path, u: u * mult if (tuple(map(key_name, path[:-1])) in layers
-                                     and key_name(path[-1]) in FASTFOOD_DIAGONALS) else u,
-        updates)
-
-  return optax.stateless(update_fn)
+  return optax.masked(optax.scale(mult), fastfood_diagonal_mask)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fastnets.ops import tensor_formats
+from fastnets.ops import block_term, factorization, tensor_train
 
 Array = jax.Array
 
@@ -35,7 +35,7 @@ def _normal(stddev: float):
 class BTLinear(nn.Module):
   """y = x W + b with W (I, J) in Block-Term format (Ye et al. 2018).
 
-  W = sum_{c=1}^{C} G_c x_1 A_c^(1) x_2 ... x_N A_c^(N): see `fastnets.ops.tensor_formats` for the
+  W = sum_{c=1}^{C} G_c x_1 A_c^(1) x_2 ... x_N A_c^(N): see `fastnets.ops.block_term` for the
   index convention. Parameters: `factor_n` of shape (C, I_n, J_n, R_n) for n = 0..N-1, `core` of
   shape (C, R_1, ..., R_N) and `bias` (J,). Weight parameter count (`fastnets.ops.bt_num_params`):
 
@@ -76,9 +76,9 @@ class BTLinear(nn.Module):
   precision: Any = None
 
   def setup(self):
-    f_shapes, c_shape = tensor_formats.bt_shapes(
+    f_shapes, c_shape = block_term.bt_shapes(
         self.input_factors, self.output_factors, self.tucker_rank, self.num_blocks)
-    f_std, c_std = tensor_formats.bt_init_stddevs(
+    f_std, c_std = block_term.bt_init_stddevs(
         self.input_factors, self.tucker_rank, self.num_blocks, self.init_scale)
     self.factors = [self.param(f"factor_{n}", _normal(s), shp, self.param_dtype)
                     for n, (shp, s) in enumerate(zip(f_shapes, f_std))]
@@ -87,7 +87,7 @@ class BTLinear(nn.Module):
     def core_init(key, shape, dtype):
       core = _normal(c_std)(key, shape, dtype)
       if self.exact_init_norm:
-        core = tensor_formats.bt_rescale_to_norm(factors, core, self.init_scale)
+        core = block_term.bt_rescale_to_norm(factors, core, self.init_scale)
       return core
 
     self.core = self.param("core", core_init, c_shape, self.param_dtype)
@@ -98,19 +98,19 @@ class BTLinear(nn.Module):
   def __call__(self, x: Array) -> Array:
     """Args: x: (..., I) float. Returns: (..., J)."""
     x = jnp.asarray(x)
-    in_dim = math.prod(tensor_formats.as_factors(self.input_factors, "input_factors"))
+    in_dim = math.prod(factorization.as_factors(self.input_factors, "input_factors"))
     if x.ndim < 1 or x.shape[-1] != in_dim:
-      tensor_formats.check_factorization(x.shape[-1] if x.ndim else 1, self.input_factors,
+      factorization.check_factorization(x.shape[-1] if x.ndim else 1, self.input_factors,
                                          "input_factors", "the input dimension x.shape[-1]")
     x, core, *factors = nn.dtypes.promote_dtype(x, self.core, *self.factors, dtype=self.dtype)
-    y = tensor_formats.bt_matmul(x, factors, core, optimize=self.optimize, precision=self.precision)
+    y = block_term.bt_matmul(x, factors, core, optimize=self.optimize, precision=self.precision)
     if self.use_bias:
       y = y + self.bias.astype(y.dtype)
     return y
 
   def dense_kernel(self) -> Array:
     """The materialised W of shape (I, J) (for tests; never used by `__call__`)."""
-    return tensor_formats.bt_dense(self.factors, self.core)
+    return block_term.bt_dense(self.factors, self.core)
 
 
 class TTLinear(nn.Module):
@@ -142,8 +142,8 @@ class TTLinear(nn.Module):
   precision: Any = None
 
   def setup(self):
-    shapes = tensor_formats.tt_shapes(self.input_factors, self.output_factors, self.tt_ranks)
-    stds = tensor_formats.tt_init_stddevs(self.input_factors, self.tt_ranks, self.init_scale)
+    shapes = tensor_train.tt_shapes(self.input_factors, self.output_factors, self.tt_ranks)
+    stds = tensor_train.tt_init_stddevs(self.input_factors, self.tt_ranks, self.init_scale)
     cores = [self.param(f"core_{n}", _normal(s), shp, self.param_dtype)
              for n, (shp, s) in enumerate(zip(shapes[:-1], stds[:-1]))]
     first = list(cores)
@@ -151,7 +151,7 @@ class TTLinear(nn.Module):
     def last_init(key, shape, dtype):
       core = _normal(stds[-1])(key, shape, dtype)
       if self.exact_init_norm:
-        core = tensor_formats.tt_rescale_to_norm(first + [core], self.init_scale)
+        core = tensor_train.tt_rescale_to_norm(first + [core], self.init_scale)
       return core
 
     cores.append(self.param(f"core_{len(shapes) - 1}", last_init, shapes[-1], self.param_dtype))
@@ -163,19 +163,19 @@ class TTLinear(nn.Module):
   def __call__(self, x: Array) -> Array:
     """Args: x: (..., I) float. Returns: (..., J)."""
     x = jnp.asarray(x)
-    in_dim = math.prod(tensor_formats.as_factors(self.input_factors, "input_factors"))
+    in_dim = math.prod(factorization.as_factors(self.input_factors, "input_factors"))
     if x.ndim < 1 or x.shape[-1] != in_dim:
-      tensor_formats.check_factorization(x.shape[-1] if x.ndim else 1, self.input_factors,
+      factorization.check_factorization(x.shape[-1] if x.ndim else 1, self.input_factors,
                                          "input_factors", "the input dimension x.shape[-1]")
     x, *cores = nn.dtypes.promote_dtype(x, *self.cores, dtype=self.dtype)
-    y = tensor_formats.tt_matmul(x, cores, optimize=self.optimize, precision=self.precision)
+    y = tensor_train.tt_matmul(x, cores, optimize=self.optimize, precision=self.precision)
     if self.use_bias:
       y = y + self.bias.astype(y.dtype)
     return y
 
   def dense_kernel(self) -> Array:
     """The materialised W of shape (I, J) (for tests; never used by `__call__`)."""
-    return tensor_formats.tt_dense(self.cores)
+    return tensor_train.tt_dense(self.cores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +199,8 @@ def stacked_orthogonal(num: int, scale: float = 1.0) -> Callable[..., Array]:
 
 def _gate_output_factors(features: int, hidden_factors, num_gates: int, num_modes: int):
   if hidden_factors is None:
-    hidden_factors = tensor_formats.balanced_factors(features, num_modes)
-  hf = tensor_formats.check_factorization(features, hidden_factors, "hidden_factors", "features")
+    hidden_factors = factorization.balanced_factors(features, num_modes)
+  hf = factorization.check_factorization(features, hidden_factors, "hidden_factors", "features")
   if len(hf) != num_modes:
     raise ValueError(f"hidden_factors {hf} must have as many modes as input_factors "
                      f"({num_modes}).")
@@ -332,7 +332,7 @@ def _dense_input_map(cell: _GatedCell) -> nn.Module:
 
 
 def _bt_input_map(cell: _GatedCell) -> nn.Module:
-  in_f = tensor_formats.as_factors(cell.input_factors, "input_factors")
+  in_f = factorization.as_factors(cell.input_factors, "input_factors")
   out_f = _gate_output_factors(cell.features, cell.hidden_factors, cell.num_gates, len(in_f))
   return BTLinear(in_f, out_f, cell.tucker_rank, cell.num_blocks, use_bias=True,
                   bias_init=cell.bias_init, dtype=cell.dtype, param_dtype=cell.param_dtype,
@@ -340,7 +340,7 @@ def _bt_input_map(cell: _GatedCell) -> nn.Module:
 
 
 def _tt_input_map(cell: _GatedCell) -> nn.Module:
-  in_f = tensor_formats.as_factors(cell.input_factors, "input_factors")
+  in_f = factorization.as_factors(cell.input_factors, "input_factors")
   out_f = _gate_output_factors(cell.features, cell.hidden_factors, cell.num_gates, len(in_f))
   return TTLinear(in_f, out_f, cell.tt_ranks, use_bias=True, bias_init=cell.bias_init,
                   dtype=cell.dtype, param_dtype=cell.param_dtype, optimize=cell.optimize)

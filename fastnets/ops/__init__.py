@@ -25,15 +25,17 @@ from fastnets.ops.fastfood import (  # noqa: F401
 )
 
 # Limited precision: number formats and rounding (Gupta et al. 2015; Wang et al. 2018).
-from fastnets.ops.numerics import (  # noqa: F401
+from fastnets.ops.number_formats import (  # noqa: F401
     BFLOAT16, FixedPoint, FLOAT16, FLOAT32, FloatFormat, Format, FP16_WANG, FP8_E4M3, FP8_E5M2,
-    is_representable, quantize, quantize_grad, quantize_tree, round_nearest, stochastic_round,
-    to_native,
+)
+from fastnets.ops.quantization import quantize, quantize_grad, quantize_tree  # noqa: F401
+from fastnets.ops.rounding import (  # noqa: F401
+    is_representable, round_nearest, stochastic_round, to_native,
 )
 from fastnets.ops.low_precision import (  # noqa: F401
     apply_updates_low_precision, chunked_conv_general_dilated, chunked_dot, chunked_dot_general,
     low_precision_updates, QuantConfig, quantized_conv_general_dilated, quantized_dot_general,
-    round_to_format, RoundToFormatState,
+    round_to_format, RoundToFormatState, scale_grad,
 )
 
 # Pruning and direct sparse convolution (Zhu & Gupta 2017; Escort, Chen 2018).
@@ -67,10 +69,13 @@ from fastnets.ops.downsample import (  # noqa: F401
 from fastnets.ops.flops import conv_flops, conv_flops_of  # noqa: F401
 
 # Block-Term and Tensor-Train matrices (Ye et al. 2018; Novikov et al. 2015).
-from fastnets.ops.tensor_formats import (  # noqa: F401
-    balanced_factors, bt_dense, bt_init, bt_init_stddevs, bt_matmul, bt_matmul_flops,
-    bt_num_params, bt_shapes, check_factorization, ContractionPlan, einsum_path_flops, tt_dense,
-    tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes,
+from fastnets.ops.block_term import (  # noqa: F401
+    bt_dense, bt_init, bt_init_stddevs, bt_matmul, bt_matmul_flops, bt_num_params, bt_shapes,
+)
+from fastnets.ops.einsum_plans import ContractionPlan, einsum_path_flops  # noqa: F401
+from fastnets.ops.factorization import balanced_factors, check_factorization  # noqa: F401
+from fastnets.ops.tensor_train import (  # noqa: F401
+    tt_dense, tt_init, tt_init_stddevs, tt_matmul, tt_matmul_flops, tt_num_params, tt_shapes,
 )
 
 # Kernel distances: Cramer-Wold distance (Tabor et al. 2018) and PKT (Passalis & Tefas 2018).
@@ -131,5 +136,6 @@ __all__ = [
     "stochastic_round", "to_dense", "to_native", "to_sparse_kernel", "tt_dense", "tt_init",
     "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes", "unpack",
     "zhu_gupta_sparsity", "ZhuGuptaSchedule",
+    "scale_grad",
 ]
 __all__ += ["frechet_distance"]

@@ -35,10 +35,14 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array,
     raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
   num_classes = logits.shape[-1]
   in_range = (labels >= 0) & (labels < num_classes)
-  if not isinstance(labels, jax.core.Tracer) and not bool(jnp.all(in_range)):
-    bad = np.asarray(labels)[~np.asarray(in_range)]
-    raise ValueError(f"labels must lie in [0, {num_classes}) (the logits' classes), got "
-                     f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}.")
+  if not isinstance(labels, jax.core.Tracer):
+    # numpy, not jnp: under an outer jit a jnp op on concrete labels gives a tracer.
+    concrete = np.asarray(labels)
+    concrete_in_range = (concrete >= 0) & (concrete < num_classes)
+    if not concrete_in_range.all():
+      bad = concrete[~concrete_in_range]
+      raise ValueError(f"labels must lie in [0, {num_classes}) (the logits' classes), got "
+                       f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}.")
   targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   if label_smoothing:
     targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes

@@ -15,6 +15,7 @@ Contents:
     `nn.Conv(conv_general_dilated=...)`; `fastnets.nn.quantized` applies them to a whole model).
   * `round_to_format`, `low_precision_updates`, `apply_updates_low_precision`: optax pieces that
     keep the weights in a low-precision format, rounding each update (stochastically by default).
+  * `scale_grad`: the identity whose backward pass multiplies the cotangent (loss scaling).
 """
 
 from __future__ import annotations
@@ -31,13 +32,21 @@ import optax
 from jax import lax
 
 from fastnets.checks import check_choice, check_key
-from fastnets.ops import numerics
-from fastnets.ops.numerics import FixedPoint, FloatFormat, Format, FormatSpec
+from fastnets.ops.number_formats import (
+  RNG_SOURCES,
+  ROUNDING_MODES,
+  FixedPoint,
+  FloatFormat,
+  Format,
+  FormatSpec,
+)
+from fastnets.ops.quantization import leaf_format, quantize, quantize_grad
+from fastnets.ops.rounding import round_bits, round_with_mode
 
 __all__ = [
     "chunked_dot", "chunked_dot_general", "chunked_conv_general_dilated", "QuantConfig",
     "quantized_dot_general", "quantized_conv_general_dilated", "RoundToFormatState",
-    "round_to_format", "low_precision_updates", "apply_updates_low_precision",
+    "round_to_format", "low_precision_updates", "apply_updates_low_precision", "scale_grad",
 ]
 
 
@@ -73,7 +82,7 @@ def _chunked_matmul_impl(a: jax.Array, b: jax.Array, acc_fmt: Format,
     b = jnp.pad(b, ((0, pad), (0, 0)))
   a3 = a.reshape(m, nc, c).transpose(2, 0, 1)  # (c, M, nc): step j holds element j of every chunk
   b3 = b.reshape(nc, c, n).transpose(1, 0, 2)  # (c, nc, N)
-  rnd = functools.partial(numerics.round_bits, fmt=acc_fmt, rbits=None)
+  rnd = functools.partial(round_bits, fmt=acc_fmt, rbits=None)
 
   def within_chunk(s, ab):
     ak, bk = ab
@@ -301,8 +310,8 @@ class QuantConfig:
       if value is not None and not isinstance(value, (FixedPoint, FloatFormat)):
         raise TypeError(
             f"QuantConfig.{name} must be a FixedPoint, FloatFormat or None, got {value!r}.")
-    for name, choices in (("mode", numerics.ROUNDING_MODES), ("grad_mode", numerics.ROUNDING_MODES),
-                          ("rng", numerics.RNG_SOURCES)):
+    for name, choices in (("mode", ROUNDING_MODES), ("grad_mode", ROUNDING_MODES),
+                          ("rng", RNG_SOURCES)):
       if getattr(self, name) not in choices:
         raise ValueError(
             f"QuantConfig.{name} must be one of {choices}, got {getattr(self, name)!r}.")
@@ -328,11 +337,11 @@ def _quantize_operands(lhs, rhs, config, keys):
   c = config
   fwd_key = lambda k: k if c.mode == "stochastic" else None
   grad_key = lambda k: k if c.grad_mode == "stochastic" else None
-  lhs = numerics.quantize(lhs, c.activations, c.mode, key=fwd_key(keys[0]), rng=c.rng)
-  lhs = numerics.quantize_grad(lhs, c.gradients, c.grad_mode, key=grad_key(keys[1]),
+  lhs = quantize(lhs, c.activations, c.mode, key=fwd_key(keys[0]), rng=c.rng)
+  lhs = quantize_grad(lhs, c.gradients, c.grad_mode, key=grad_key(keys[1]),
                                   rng=c.rng)
-  rhs = numerics.quantize(rhs, c.weights, c.mode, key=fwd_key(keys[2]), rng=c.rng)
-  rhs = numerics.quantize_grad(rhs, c.gradients, c.grad_mode, key=grad_key(keys[3]),
+  rhs = quantize(rhs, c.weights, c.mode, key=fwd_key(keys[2]), rng=c.rng)
+  rhs = quantize_grad(rhs, c.gradients, c.grad_mode, key=grad_key(keys[3]),
                                   rng=c.rng)
   return lhs, rhs
 
@@ -367,7 +376,7 @@ def quantized_dot_general(config: QuantConfig, key: jax.Array | None = None):
                               preferred_element_type=preferred_element_type,
                               acc_fmt=config.accumulation, chunk=config.chunk)
     key4 = keys[4] if config.grad_mode == "stochastic" else None
-    return numerics.quantize_grad(y, config.gradients, config.grad_mode, key=key4,
+    return quantize_grad(y, config.gradients, config.grad_mode, key=key4,
                                   rng=config.rng)
 
   dot_general._fastnets_quantized = True
@@ -398,7 +407,7 @@ def quantized_conv_general_dilated(config: QuantConfig, key: jax.Array | None = 
           feature_group_count, batch_group_count, preferred_element_type=preferred_element_type,
           acc_fmt=config.accumulation, chunk=config.chunk)
     key4 = keys[4] if config.grad_mode == "stochastic" else None
-    return numerics.quantize_grad(y, config.gradients, config.grad_mode, key=key4,
+    return quantize_grad(y, config.gradients, config.grad_mode, key=key4,
                                   rng=config.rng)
 
   conv_general_dilated._fastnets_quantized = True
@@ -420,7 +429,7 @@ def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
   u_leaves = treedef.flatten_up_to(updates)
   new_p, new_u = [], []
   for i, ((path, p), u) in enumerate(zip(p_leaves, u_leaves)):
-    leaf_fmt = numerics.leaf_format(fmt, path, p) if u is not None else None
+    leaf_fmt = leaf_format(fmt, path, p) if u is not None else None
     if leaf_fmt is None:
       new_p.append(None if u is None else p + u)
       new_u.append(u)
@@ -430,7 +439,7 @@ def _round_params(params, updates, fmt: FormatSpec, mode: str, key, rng: str):
     p32 = p.astype(cdt)
     target = p32 + jnp.asarray(u).astype(cdt)
     leaf_key = jax.random.fold_in(key, i) if mode == "stochastic" else None
-    q = numerics.round_with_mode(target, leaf_fmt, mode, leaf_key, rng)
+    q = round_with_mode(target, leaf_fmt, mode, leaf_key, rng)
     new_p.append(q.astype(p.dtype))
     new_u.append(q - p32)
   return treedef.unflatten(new_p), treedef.unflatten(new_u)
@@ -470,12 +479,12 @@ def round_to_format(fmt: FormatSpec, *, mode: str = "stochastic", key: jax.Array
   Raises:
     ValueError: update called without params; bad mode/rng.
   """
-  check_choice("mode", mode, numerics.ROUNDING_MODES, "round_to_format")
-  check_choice("rng", rng, numerics.RNG_SOURCES, "round_to_format")
+  check_choice("mode", mode, ROUNDING_MODES, "round_to_format")
+  check_choice("rng", rng, RNG_SOURCES, "round_to_format")
   base_key = (check_key(key, "round_to_format", purpose="stochastic rounding")
               if mode == "stochastic" else jax.random.key(0))  # "nearest" draws nothing.
   if not callable(fmt) or isinstance(fmt, (FixedPoint, FloatFormat)):
-    numerics.leaf_format(fmt, (), jnp.zeros(()))  # validates now; a callable is checked per leaf
+    leaf_format(fmt, (), jnp.zeros(()))  # validates now; a callable is checked per leaf
 
   def init_fn(params):
     del params
@@ -523,9 +532,53 @@ def apply_updates_low_precision(params: Any, updates: Any, fmt: FormatSpec, *,
     mode: "stochastic" (default) or "nearest".
     rng: "hash" or "jax".
   """
-  check_choice("mode", mode, numerics.ROUNDING_MODES, "apply_updates_low_precision")
-  check_choice("rng", rng, numerics.RNG_SOURCES, "apply_updates_low_precision")
+  check_choice("mode", mode, ROUNDING_MODES, "apply_updates_low_precision")
+  check_choice("rng", rng, RNG_SOURCES, "apply_updates_low_precision")
   if mode == "stochastic":
     key = check_key(key, "apply_updates_low_precision", purpose="stochastic rounding")
   new_params, _ = _round_params(params, updates, fmt, mode, key, rng)
   return new_params
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss scaling (Wang et al. 2018, Sec. 4; Micikevicius et al. 2018).
+
+
+@jax.custom_vjp
+def _scale_grad(tree, scale):
+  del scale
+  return tree
+
+
+def _scale_grad_fwd(tree, scale):
+  return tree, scale
+
+
+def _scale_grad_bwd(scale, g):
+  return jax.tree.map(lambda v: v * scale.astype(v.dtype), g), None
+
+
+_scale_grad.defvjp(_scale_grad_fwd, _scale_grad_bwd)
+
+
+def scale_grad(tree: Any, scale: jax.Array) -> Any:
+  """The identity on `tree`, whose backward pass multiplies the cotangent by `scale`.
+
+  Loss scaling without touching the loss value: wrap the logits in `scale_grad(logits, s)` so
+  the backward pass carries s * dL (small low-precision gradients do not underflow), and wrap
+  the parameters in `scale_grad(params, 1 / s)` so their gradients come out unscaled again
+  (exact when s is a power of two). `scale` gets no gradient.
+
+  Args:
+    tree: a pytree of float arrays.
+    scale: a float scalar array (e.g. `jnp.float32(1024.0)`); each cotangent leaf is multiplied
+      by it cast to that leaf's dtype.
+
+  Returns:
+    `tree`, unchanged.
+  """
+  scale = jnp.asarray(scale)
+  if scale.ndim != 0 or not jnp.issubdtype(scale.dtype, jnp.floating):
+    raise ValueError(f"scale_grad: scale must be a float scalar, got shape {scale.shape} and "
+                     f"dtype {scale.dtype}.")
+  return _scale_grad(tree, scale)

@@ -2,8 +2,8 @@
 
 Papers: Gupta et al. 2015 (fixed-point training with stochastic rounding) and Wang et al. 2018
 (FP8 operands and gradients, FP16 chunk-based accumulation). The numerics are in
-`fastnets.ops.numerics` and `fastnets.ops.low_precision`; this module only routes a model's layers
-to them.
+`fastnets.ops` (`rounding`, `quantization`, `low_precision`); this module only routes a model's
+layers to them.
 
     cfg = QuantConfig(weights=FP8_E5M2, activations=FP8_E5M2, gradients=FP8_E5M2,
                       accumulation=FP16_WANG, chunk=64)
