@@ -120,7 +120,7 @@ PAPER = {
            "fastnets CPU target: direct sparse faster than dense XLA conv at 90% on the ResNet-50 "
            "3x3 layers and faster than im2col + BCOO at >= 80%",
   "value": 2.63,
-  "source": "Chen 2018, Escort (arXiv:1802.10280), abstract; fastnets issue 6",
+  "source": "Chen 2018, Escort (arXiv:1802.10280), abstract",
 }
 
 
@@ -475,7 +475,7 @@ def _native_rows(layers, summary, scale, setting) -> list[dict]:
       rows.append(evidence.row(
           f"Native direct sparse conv (C++, SkimCaffe-style) vs dense XLA conv, {sparsity:.0%} "
           "sparse, ResNet-50 3x3 and AlexNet conv2-5",
-          f"at least {want}x faster than dense at {sparsity:.0%} sparsity (fastnets issue 21; "
+          f"at least {want}x faster than dense at {sparsity:.0%} sparsity (fastnets' target; "
           "SkimCaffe: 3.1-7.3x on AlexNet conv layers)", f">= {want}x vs dense",
           f"worst layer {worst['network']} {worst['layer']} batch {worst['batch']}: "
           f"{benchmarking.format_ratio(ratio)}",
@@ -485,7 +485,7 @@ def _native_rows(layers, summary, scale, setting) -> list[dict]:
   if worst is not None:
     rows.append(evidence.row(
         "Native direct sparse conv vs dense XLA conv, 3x3 layers, sparsity >= 70%",
-        "faster than dense from 70% sparsity on the 3x3 layers (fastnets issue 21)", "> 1x",
+        "faster than dense from 70% sparsity on the 3x3 layers (fastnets' target)", "> 1x",
         f"worst: {worst['network']} {worst['layer']} batch {worst['batch']} at "
         f"{worst['sparsity']:.0%}: {benchmarking.format_ratio(ratio)}",
         scale=scale, setting=setting, verdict=benchmarking.judge_ratio(ratio, 1.0, scale=scale)))

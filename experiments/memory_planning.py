@@ -23,7 +23,7 @@ the cross-entropy of one batch with respect to the parameters (batch-norm statis
 parameters and gradients are arguments and outputs, so temp memory is activations plus
 workspace.
 
-Targets (fastnets issue 18): cost-aware at <= 50% of plain's temp memory with <= 1.25x its step
+fastnets' targets: cost-aware at <= 50% of plain's temp memory with <= 1.25x its step
 time; the planner >= 4x deeper than plain within the budget, at <= 1.3x the step time of the best
 single strategy that fits at that depth; gradients equal to plain autodiff (float32, rtol 1e-5).
 Compiled memory is deterministic, so memory verdicts are decided from it; step-time verdicts come
@@ -71,14 +71,14 @@ PAPER = {
     "claim": "SuperNeurons: cost-aware recomputation keeps the memory of recomputation at a small "
              "time cost, and with liveness analysis and offload trains much deeper networks in a "
              "fixed memory (at least 3.24x deeper than the frameworks of its day; ResNet-2500 "
-             "on a 12 GB K40c; Wang et al. 2018). fastnets issue 18 targets: "
+             "on a 12 GB K40c; Wang et al. 2018). fastnets' targets: "
              "cost-aware <= 50% of plain temp memory at <= 1.25x step time; planner >= 4x deeper "
              "than plain within a budget at <= 1.3x the best fitting single strategy's step "
              "time; gradients equal to plain autodiff (rtol 1e-5)",
     "value": {"cost_aware_memory_vs_plain": 0.5, "cost_aware_time_vs_plain": 1.25,
               "planner_depth_vs_plain": 4.0, "planner_time_vs_best": 1.3, "grad_rtol": 1e-5},
     "source": "Wang et al. 2018 (PPoPP), SuperNeurons; Jain et al. 2020 (MLSys), Checkmate; "
-              "fastnets issue 18",
+              "fastnets' own targets",
 }
 
 

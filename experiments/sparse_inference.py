@@ -94,7 +94,7 @@ PAPER = {"claim": "Escort: direct sparse convolution makes pruned CNN inference 
                   "cuBLAS (im2col + GEMM) and 1.60x faster than cuSPARSE on GPUs (AlexNet, "
                   "GoogLeNet, ResNet-50 pruned to 80-95%)",
          "value": [1.38, 1.60],
-         "source": "Chen 2018, Escort (arXiv:1802.10280), abstract; fastnets issue 6"}
+         "source": "Chen 2018, Escort (arXiv:1802.10280), abstract"}
 
 
 def _module_path(path) -> str:
@@ -440,7 +440,7 @@ def report_rows(results: dict) -> list[dict]:
     rows.append(evidence.row(
         f"Pruned {cfg['model']} end to end on a CPU (sparse_apply, impl={e2e['impl']})",
         "the 90%-sparse CNN at least 2x faster end to end than the dense model, with identical "
-        "predictions (fastnets issue 21)", ">= 2x, same predictions",
+        "predictions (fastnets' target)", ">= 2x, same predictions",
         f"{benchmarking.format_ratio(base_ratio)}; predictions equal: "
         f"{e2e['predictions_equal']}; layers: "
         + ", ".join(f"{k} {v}" for k, v in e2e["layer_impls"].items()),

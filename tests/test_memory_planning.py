@@ -1,4 +1,4 @@
-"""Cost-aware recomputation, the chain planner and the planned Flax chain (issue 18)."""
+"""Cost-aware recomputation, the chain planner and the planned Flax chain."""
 
 import itertools
 import textwrap

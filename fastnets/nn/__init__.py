@@ -48,7 +48,7 @@ from fastnets.nn.binary import (  # noqa: F401
     PackedBinaryKernel,
 )
 
-# Memory planning: cost-aware recomputation of Flax models and a per-block planner (issue 18).
+# Memory planning: cost-aware recomputation of Flax models and a per-block planner.
 from fastnets.nn.memory_planning import (  # noqa: F401
     block_options, block_strategies, Chain, chain_blocks, MemoryPlan, offload_support,
     plan_memory, planned_apply, planned_step_memory, remat_apply, training_step,
