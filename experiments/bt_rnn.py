@@ -55,28 +55,28 @@ NAME = "bt_rnn"
 DEFAULTS = {
     **common.TRAIN_DEFAULTS,
     "workdir": "runs/bt_rnn",
-    "task": "mode",
-    "seq_len": 8,
-    "mode_count": 3,
-    "train_sequences": 16000,
-    "val_sequences": 1000,
-    "test_sequences": 2000,
-    "data_seed": 0,
-    "models": ["lstm", "tt_lstm", "bt_lstm_r1", "bt_lstm_r2", "bt_lstm_r4"],
-    "seeds": [0, 1, 2],
-    "hidden": 256,
-    "hidden_factors": [4, 4, 4, 4],
-    "input_factors": [4, 7, 4, 7],
-    "num_blocks": 1,
-    "tt_rank": 0,
-    "tensor_optimize": "size",
-    "video_height": 120,
-    "video_width": 160,
+    "task": "mode",               # "mode" (most frequent digit) or "sum_mod10"
+    "seq_len": 8,                 # frames per sequence
+    "mode_count": 3,              # task mode: occurrences of the most frequent digit
+    "train_sequences": 16000,     # training sequences built from the training digits
+    "val_sequences": 1000,        # validation sequences (validation digits)
+    "test_sequences": 2000,       # test sequences (test digits)
+    "data_seed": 0,               # seed of the sequence sampling (the same for every model)
+    "models": ["lstm", "tt_lstm", "bt_lstm_r1", "bt_lstm_r2", "bt_lstm_r4"],  # compared models
+    "seeds": [0, 1, 2],           # evaluation seeds
+    "hidden": 256,                # hidden units (product of hidden_factors)
+    "hidden_factors": [4, 4, 4, 4],  # factorisation of hidden for BT/TT
+    "input_factors": [4, 7, 4, 7],  # factorisation of the frame size for BT/TT
+    "num_blocks": 1,              # BT blocks C (a _c<C> model suffix overrides)
+    "tt_rank": 0,                 # TT rank; 0: match the largest BT model's params
+    "tensor_optimize": "size",    # BT/TT contraction order: optimal size dp greedy left_to_right
+    "video_height": 120,          # ucf101: frame height after resizing
+    "video_width": 160,           # ucf101: frame width after resizing
     "steps": 2000,
     "batch_size": 64,
     "learning_rate": 1e-3,
-    "bt_learning_rate": 1e-2,
-    "tt_learning_rate": 1e-2,
+    "bt_learning_rate": 1e-2,     # Adam rate of the BT cells (0: learning_rate)
+    "tt_learning_rate": 1e-2,     # Adam rate of the TT cells (0: learning_rate)
     "log_every": 50,
     "eval_every": 200,
     "checkpoint_every": 0,

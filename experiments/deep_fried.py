@@ -76,18 +76,18 @@ DEFAULTS = {
     "log_every": 200,
     "eval_every": 0,
     "checkpoint_every": 1000,
-    "variants": list(FC_KINDS),
-    "seeds": [0, 1, 2],
-    "hidden": [1024],
-    "channels": [20, 50],
-    "kernel_size": 5,
-    "dropout_rate": 0.0,
-    "fastfood_lr_mult": 30.0,
+    "variants": list(FC_KINDS),   # dense, fastfood_adaptive, fastfood_nonadaptive
+    "seeds": [0, 1, 2],           # evaluation seeds
+    "hidden": [1024],             # widths of the FC hidden layers
+    "channels": [20, 50],         # conv channels (two 5x5 conv + pool)
+    "kernel_size": 5,             # conv kernel size
+    "dropout_rate": 0.0,          # dropout before the FC layers
+    "fastfood_lr_mult": 30.0,     # update multiplier of S, G, B
     # Tuning (validation split, tuning seeds): every compared variant gets the same learning-rate
     # grid and seeds; the chosen rate per variant is then used for the evaluation seeds. Empty:
     # no tuning, `learning_rate` for all.
-    "tune_learning_rates": [],
-    "tuning_seeds": [1000],
+    "tune_learning_rates": [],    # validation grid (empty: none)
+    "tuning_seeds": [1000],       # tuning seeds (not eval seeds)
 }
 # checkpoint_every=0 here means no per-run workdir at all (nothing to resume in 3 minutes).
 QUICK = {"dataset": "mnist_bundled", "steps": 400, "seeds": [0, 1, 2, 3, 4], "log_every": 100,

@@ -88,11 +88,11 @@ DEFAULTS = {
     "log_every": 500,
     "eval_every": 1000,
     "checkpoint_every": 0,           # > 0: each run checkpoints (and resumes) in workdir/<run>
-    "word_bits": 16,
-    "fraction_bits": [8, 10, 12, 14],
-    "roundings": ["nearest", "stochastic"],
+    "word_bits": 16,              # fixed-point word length (Gupta: 16)
+    "fraction_bits": [8, 10, 12, 14],  # FL values of the fixed-point sweep
+    "roundings": ["nearest", "stochastic"],  # "nearest" and/or "stochastic"
     "range_headroom": 2.0,           # integer bits cover headroom * the measured max |value|
-    "fp8": True,
+    "fp8": True,                  # also run Wang et al.'s FP8 recipe
     "fp8_chunk": 64,                 # Wang's chunk length
     "fp8_chunk_layers": "middle",    # "middle", "all" or "none": layers with chunked accumulation
     "fp8_loss_scale": 1.0,           # power of two; gradients are computed for loss * scale
