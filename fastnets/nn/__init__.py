@@ -47,6 +47,11 @@ from fastnets.nn.binary import (  # noqa: F401
     PackedBinaryKernel,
 )
 
+# Variance-constancy taps (Littwin & Wolf 2018).
+from fastnets.nn.variance_constancy import (  # noqa: F401
+    VarianceConstancy, VCL_COLLECTION,
+)
+
 __all__ = [
     "ABCConv", "ABCDense", "binary_apply", "binary_layer_paths", "is_binary_layer",
     "pack_binary_variables", "PackedBinaryKernel",
@@ -58,3 +63,4 @@ __all__ = [
     "sparse_convs", "sparsify_variables", "stacked_orthogonal", "TTGRUCell", "TTLinear",
     "TTLSTMCell",
 ]
+__all__ += ["VarianceConstancy", "VCL_COLLECTION"]

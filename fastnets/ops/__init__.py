@@ -91,6 +91,12 @@ from fastnets.ops.binary import (  # noqa: F401
     KTANH_TABLE, ktanh, pack_bits, packed_dot, packed_matmul, packed_words,
 )
 
+# Variance-constancy loss (Littwin & Wolf 2018).
+from fastnets.ops.variance_constancy import (  # noqa: F401
+    MIN_BETA, sown_pairs, sub_batch_indices, variance_constancy_loss, variance_constancy_total,
+    variance_ratio_loss,
+)
+
 __all__ = [
     "binary_activations", "binary_approximation_error", "binary_bases", "binary_shifts",
     "binary_weights", "KTANH_TABLE", "ktanh", "pack_bits", "packed_dot", "packed_matmul",
@@ -121,4 +127,8 @@ __all__ = [
     "stochastic_round", "to_dense", "to_native", "to_sparse_kernel", "tt_dense", "tt_init",
     "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes", "unpack",
     "zhu_gupta_sparsity", "ZhuGuptaSchedule",
+]
+__all__ += [
+    "MIN_BETA", "sown_pairs", "sub_batch_indices", "variance_constancy_loss",
+    "variance_constancy_total", "variance_ratio_loss",
 ]

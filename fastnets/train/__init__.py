@@ -15,6 +15,7 @@ from fastnets.train.distillation import TeacherFn, distillation_loss, with_sown_
 from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
                                   init_train_state, make_eval_step, make_train_step)
 from fastnets.train.steps import init_key, make_keyed_train_step
+from fastnets.train.dynamics import variance_constancy_loss_fn
 
 __all__ = [
     "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
@@ -28,3 +29,4 @@ __all__ = [
     "make_keyed_train_step", "map_seeds",
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]
+__all__ += ["variance_constancy_loss_fn"]
