@@ -52,6 +52,11 @@ from fastnets.nn.variance_constancy import (  # noqa: F401
     VarianceConstancy, VCL_COLLECTION,
 )
 
+# Adversarial noise layer (You et al. 2018).
+from fastnets.nn.adversarial_noise import (  # noqa: F401
+    ANL_DIRECTIONS, ANL_PERTURBATIONS, ANL_RNG, ANL_STATE, AdversarialNoise,
+)
+
 __all__ = [
     "ABCConv", "ABCDense", "binary_apply", "binary_layer_paths", "is_binary_layer",
     "pack_binary_variables", "PackedBinaryKernel",
@@ -64,3 +69,4 @@ __all__ = [
     "TTLSTMCell",
 ]
 __all__ += ["VarianceConstancy", "VCL_COLLECTION"]
+__all__ += ["ANL_DIRECTIONS", "ANL_PERTURBATIONS", "ANL_RNG", "ANL_STATE", "AdversarialNoise"]

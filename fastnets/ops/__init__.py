@@ -97,6 +97,11 @@ from fastnets.ops.variance_constancy import (  # noqa: F401
     variance_ratio_loss,
 )
 
+# Adversarial noise layers (You et al. 2018) and FGSM.
+from fastnets.ops.adversarial_noise import (  # noqa: F401
+    adversarial_noise, check_eps, class_directions, fgsm, noise_magnitudes,
+)
+
 __all__ = [
     "binary_activations", "binary_approximation_error", "binary_bases", "binary_shifts",
     "binary_weights", "KTANH_TABLE", "ktanh", "pack_bits", "packed_dot", "packed_matmul",
@@ -132,3 +137,4 @@ __all__ += [
     "MIN_BETA", "sown_pairs", "sub_batch_indices", "variance_constancy_loss",
     "variance_constancy_total", "variance_ratio_loss",
 ]
+__all__ += ["adversarial_noise", "check_eps", "class_directions", "fgsm", "noise_magnitudes"]

@@ -17,6 +17,9 @@ from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty
 from fastnets.train.steps import init_key, make_keyed_train_step
 from fastnets.train.dynamics import variance_constancy_loss_fn
 
+from fastnets.train.adversarial import (activation_grads, anl_loss_fn, canl_loss_fn,
+                                        fgsm_accuracy, fgsm_input_range, fgsm_training_loss_fn,
+                                        input_grads, value_and_recorded_grad, zero_perturbations)
 __all__ = [
     "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
     "TrainConfig", "TrainResult", "TrainState", "WorkdirMismatchError", "batch_sharded",
@@ -30,3 +33,6 @@ __all__ = [
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]
 __all__ += ["variance_constancy_loss_fn"]
+__all__ += ["activation_grads", "anl_loss_fn", "canl_loss_fn", "fgsm_accuracy",
+            "fgsm_input_range", "fgsm_training_loss_fn", "input_grads",
+            "value_and_recorded_grad", "zero_perturbations"]
