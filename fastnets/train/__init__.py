@@ -19,7 +19,7 @@ from fastnets.train.dynamics import (LayerStatsRecorder, layer_statistics, lr_sw
                                       variance_constancy_loss_fn)
 
 from fastnets.train.adversarial import (activation_grads, anl_loss_fn, canl_loss_fn,
-                                        fgsm_accuracy, fgsm_input_range, fgsm_training_loss_fn,
+                                        fgsm_evaluator, fgsm_input_range, fgsm_training_loss_fn,
                                         input_grads, value_and_recorded_grad, zero_perturbations)
 __all__ = [
     "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
@@ -34,6 +34,6 @@ __all__ = [
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]
 __all__ += ["LayerStatsRecorder", "layer_statistics", "lr_sweep", "variance_constancy_loss_fn"]
-__all__ += ["activation_grads", "anl_loss_fn", "canl_loss_fn", "fgsm_accuracy",
+__all__ += ["activation_grads", "anl_loss_fn", "canl_loss_fn", "fgsm_evaluator",
             "fgsm_input_range", "fgsm_training_loss_fn", "input_grads",
             "value_and_recorded_grad", "zero_perturbations"]

@@ -221,14 +221,18 @@ def fgsm_input_range(dataset: Dataset, eps: float):
           jnp.asarray((1.0 - mean) / std))
 
 
-def fgsm_accuracy(model: nn.Module, state: TrainState, dataset: Dataset, eps_values,
-                  split: str = "test", batch_size: int = 1000) -> dict:
-  """Accuracy on `split` under white-box FGSM at each pixel-scale eps (0 = clean).
-
-  Returns {eps: accuracy} over every example of the split once.
-  """
-  variables = {"params": state.params, **state.model_state}
-  ranges = {float(e): (fgsm_input_range(dataset, e) if e > 0 else None) for e in eps_values}
+def fgsm_evaluator(model: nn.Module, dataset: Dataset, eps_values, split: str = "test",
+                   batch_size: int = 1000) -> Callable[[TrainState], dict]:
+  """`evaluate(state) -> {eps: accuracy}` on `split` under white-box FGSM at each pixel-scale
+  eps (0: clean), every example counted once; the attack is compiled once for all states and
+  eps values (call it for each seed's state)."""
+  eps_values = [float(e) for e in eps_values]
+  if any(e < 0 for e in eps_values):
+    raise ValueError(f"eps_values must be >= 0, got {eps_values}.")
+  ranges = []
+  for e in eps_values:
+    step, lo, hi = fgsm_input_range(dataset, e if e > 0 else 1.0)
+    ranges.append((step if e > 0 else jnp.zeros_like(step), lo, hi))
 
   @jax.jit
   def correct(variables, images, labels, mask, eps, lo, hi):
@@ -237,17 +241,17 @@ def fgsm_accuracy(model: nn.Module, state: TrainState, dataset: Dataset, eps_val
     pred = jnp.argmax(model.apply(variables, x, train=False), -1)
     return jnp.sum((pred == labels) * mask)
 
-  @jax.jit
-  def clean(variables, images, labels, mask):
-    pred = jnp.argmax(model.apply(variables, images, train=False), -1)
-    return jnp.sum((pred == labels) * mask)
+  batches = [{k: jnp.asarray(v) for k, v in b.items()}
+             for b in eval_batches(dataset, dataset.split(split), batch_size)]
+  count = sum(float(b["mask"].sum()) for b in batches)
 
-  totals = {e: 0.0 for e in ranges}
-  count = 0.0
-  for batch in eval_batches(dataset, dataset.split(split), batch_size):
-    images, labels, mask = (jnp.asarray(batch[k]) for k in ("image", "label", "mask"))
-    count += float(mask.sum())
-    for e, r in ranges.items():
-      totals[e] += float(clean(variables, images, labels, mask) if r is None
-                         else correct(variables, images, labels, mask, *r))
-  return {e: totals[e] / max(count, 1.0) for e in totals}
+  def evaluate(state: TrainState) -> dict:
+    variables = {"params": state.params, **state.model_state}
+    out = {}
+    for e, r in zip(eps_values, ranges):
+      total = sum(float(correct(variables, b["image"], b["label"], b["mask"], *r))
+                  for b in batches)
+      out[e] = total / max(count, 1.0)
+    return out
+
+  return evaluate
