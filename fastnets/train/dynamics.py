@@ -157,8 +157,13 @@ class LayerStatsRecorder:
     batch = {"image": jnp.asarray(probe_batch["image"]),
              "label": jnp.asarray(probe_batch["label"])}
     rngs = {"dropout": jax.random.key(seed)}
-    self._stats = jax.jit(lambda variables: layer_statistics(
-        model, variables, batch, train=train, rngs=rngs, select=select))
+    self._traces = 0
+
+    def stats(variables):
+      self._traces += 1  # Runs only while tracing: counts compilations.
+      return layer_statistics(model, variables, batch, train=train, rngs=rngs, select=select)
+
+    self._stats = jax.jit(stats)
 
   def record(self, step: int, state: TrainState) -> None:
     stats = jax.device_get(self._stats({"params": state.params, **state.model_state}))
@@ -170,8 +175,9 @@ class LayerStatsRecorder:
       self.record(step, state)
 
   def compilations(self) -> int:
-    """How many times the statistics function was compiled (1 after any number of records)."""
-    return self._stats._cache_size()
+    """How many times the statistics function was traced and compiled (1 after any number of
+    records)."""
+    return self._traces
 
 
 def lr_sweep(run_fn: Callable[[float], Mapping[str, Any]], learning_rates: Sequence[float],
