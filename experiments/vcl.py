@@ -39,10 +39,13 @@ DEFAULTS = {
     "vcl_weight": 1.0,
     "sub_batch": 5,
     "seeds": list(evidence.EVAL_SEEDS[:3]),
+    "models": list(MODELS),
 }
 QUICK = {"steps": 300, "cnn_channels": [8, 16], "cnn_hidden": 32, "mlp_hidden": [64, 64, 64]}
+# The smoke run trains the MLP only (fewer compilations in the test suite; the CNN's three
+# variants are built in tests/test_training_dynamics.py).
 SMOKE = {"steps": 2, "batch_size": 16, "eval_batch_size": 1000, "log_every": 1, "seeds": [0],
-         "cnn_channels": [2], "cnn_hidden": 4, "mlp_hidden": [4]}
+         "cnn_channels": [2], "cnn_hidden": 4, "mlp_hidden": [4], "models": ["mlp"]}
 PAPER = {
     "claim": "ELU networks trained with the variance-constancy loss and no normalisation match "
              "or beat the same networks with batch norm (CNNs and fully connected networks)",
@@ -70,8 +73,9 @@ def _plot(metrics, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(MODELS), figsize=(8, 3.2))
-  for ax, name in zip(axes, MODELS):
+  names = metrics["models"]
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+  for ax, name in zip(axes[0], names):
     means = [100 * metrics[name][arm]["test_accuracy"] for arm in ARMS]
     errs = [100 * (metrics[name][arm]["test_accuracy_summary"]["se"] or 0) for arm in ARMS]
     ax.bar(ARMS, means, yerr=errs, color=["C0", "C1", "C2"], capsize=4)
@@ -87,8 +91,11 @@ def run(config: dict) -> dict:
   dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
   tcfg = common.train_config(config)
   seeds = [int(s) for s in config["seeds"]]
-  metrics = {}
-  for name in MODELS:
+  names = [n for n in MODELS if n in config["models"]]
+  if not names or set(config["models"]) - set(MODELS):
+    raise ValueError(f"models must name some of {MODELS}, got {config['models']}.")
+  metrics = {"models": names}
+  for name in names:
     metrics[name] = {}
     for norm in ARMS:
       model = _model(name, norm, config, dataset.num_classes)
@@ -114,7 +121,7 @@ def report_rows(results: dict) -> list[dict]:
   """Per model: VCL against no normalisation and against batch norm (paired over seeds)."""
   m, cfg = results["metrics"], results["config"]
   rows = []
-  for name in MODELS:
+  for name in m["models"]:
     arch = (f"EluCNN {cfg['cnn_channels']} + dense {cfg['cnn_hidden']}" if name == "cnn"
             else f"EluMLP {cfg['mlp_hidden']}")
     setting = (f"{cfg['dataset']}, {arch}, {cfg['steps']} steps of batch {cfg['batch_size']} "

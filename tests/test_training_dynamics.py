@@ -41,7 +41,7 @@ def test_layer_statistics_match_direct_computation(batch_norm):
 
 
 def test_recorder_adds_no_parameters_and_compiles_once(mnist):
-  model = models.EluMLP(hidden=(8,))
+  model = models.EluMLP(hidden=(8,), norm="vcl")  # layers dense1, vcl1, head
   probe = {"image": np.zeros((4, 28, 28, 1), np.float32), "label": np.zeros(4, np.int32)}
   recorder = train.LayerStatsRecorder(model, probe, steps=(1, 2, 3))
   config = train.TrainConfig(steps=3, batch_size=8, eval_batch_size=1000, log_every=3)
@@ -49,7 +49,8 @@ def test_recorder_adds_no_parameters_and_compiles_once(mnist):
   init = model.init(jax.random.key(0), probe["image"])
   assert jax.tree.structure(result.state.params) == jax.tree.structure(init["params"])
   assert [r["step"] for r in recorder.records] == [1, 2, 3]
-  assert set(recorder.records[0]["layers"]) == {"dense1", "head"}
+  # In call order, not sorted.
+  assert list(recorder.records[0]["layers"]) == ["dense1", "vcl1", "head"] == recorder.layer_order
   assert recorder.compilations() == 1
 
 

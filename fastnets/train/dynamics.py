@@ -102,7 +102,8 @@ def layer_statistics(model: nn.Module, variables, batch: Mapping[str, jax.Array]
 
   Returns:
     {layer path ("stage1_block1"): {"act_mean", "act_std", "act_max_abs", "grad_mean",
-    "grad_std", "grad_max_abs"}} as scalar float32 arrays (jit-able).
+    "grad_std", "grad_max_abs"}} as scalar float32 arrays (jit-able), layers in call order
+    (a jitted call returns the dict key-sorted).
   """
   mutable = [k for k in variables if k != "params"] if train else False
 
@@ -125,21 +126,29 @@ def layer_statistics(model: nn.Module, variables, batch: Mapping[str, jax.Array]
     logits = out[0] if train else out
     return ops.cross_entropy_loss(logits, batch["label"]), acts
 
-  shapes = jax.eval_shape(lambda: run(None)[1])
+  order = []  # Call order (input to output); pytree transformations return dicts key-sorted.
+
+  def shapes_in_order():
+    acts = run(None)[1]
+    order.extend(acts)
+    return acts
+
+  shapes = jax.eval_shape(shapes_in_order)
   if not shapes:
     raise ValueError(f"select: no module of {type(model).__name__} was selected.")
   zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
   grads, acts = jax.grad(run, has_aux=True)(zeros)
   return {name: {**{f"act_{k}": v for k, v in _stats(acts[name]).items()},
                  **{f"grad_{k}": v for k, v in _stats(grads[name]).items()}}
-          for name in acts}
+          for name in order}
 
 
 class LayerStatsRecorder:
   """A `fit` callback recording `layer_statistics` on a fixed probe batch at chosen steps.
 
   `fit(..., callbacks=[recorder])`; after training `recorder.records` holds one
-  {"step", "layers": {path: {stat: float}}} per recorded step. The statistics function is jitted
+  {"step", "layers": {path: {stat: float}}} per recorded step, layers in call order (input to
+  output; also in `recorder.layer_order`). The statistics function is jitted
   once (the probe batch has a fixed shape); it adds no parameters or state to the model and does
   not change the training step. `recorder.record(step, state)` records outside `fit`, e.g. at
   initialisation (step 0).
@@ -159,16 +168,21 @@ class LayerStatsRecorder:
     rngs = {"dropout": jax.random.key(seed)}
     self._traces = 0
 
+    self.layer_order: list = []
+
     def stats(variables):
       self._traces += 1  # Runs only while tracing: counts compilations.
-      return layer_statistics(model, variables, batch, train=train, rngs=rngs, select=select)
+      out = layer_statistics(model, variables, batch, train=train, rngs=rngs, select=select)
+      # The call order (input to output); jit returns dicts with sorted keys.
+      self.layer_order = list(out)
+      return out
 
     self._stats = jax.jit(stats)
 
   def record(self, step: int, state: TrainState) -> None:
     stats = jax.device_get(self._stats({"params": state.params, **state.model_state}))
     self.records.append({"step": int(step), "layers": {
-        name: {k: float(v) for k, v in values.items()} for name, values in stats.items()}})
+        name: {k: float(v) for k, v in stats[name].items()} for name in self.layer_order}})
 
   def __call__(self, step: int, state: TrainState) -> None:
     if step in self.steps:
