@@ -58,7 +58,7 @@ EXPECTED_S = {
     "bench_fastfood": 40, "bench_rounding": 20, "bench_sparse_conv": 60, "bench_reversible": 40,
     "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
     "gm_sop": 120, "pkt": 120,
-    "anl": 120, "vcl": 90, "batchnorm_study": 120,
+    "anl": 150, "vcl": 100, "batchnorm_study": 200,
 }
 DEFAULT_EXPECTED_S = 90
 
