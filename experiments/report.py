@@ -43,6 +43,9 @@ EXPERIMENTS = [
     "gm_sop",
     "pkt",
     "lcw",
+    "anl",
+    "vcl",
+    "batchnorm_study",
     "bench_fastfood",
     "bench_rounding",
     "bench_sparse_conv",
@@ -60,6 +63,7 @@ EXPECTED_S = {
     "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
     "gm_sop": 120, "pkt": 120,
     "lcw": 160, "memory_planning": 100,
+    "anl": 150, "vcl": 100, "batchnorm_study": 200,
 }
 DEFAULT_EXPECTED_S = 90
 

@@ -11,6 +11,7 @@ from fastnets.models.bt_rnn import FrameSequenceClassifier, SequenceClassifier
 from fastnets.models.cnn import SmallCNN
 from fastnets.models.deep_fried import FC_KINDS, DeepFriedConvnet, fc_param_count
 from fastnets.models.low_precision import LowPrecisionNet
+from fastnets.models.dynamics import NOISES, NORMS, EluCNN, EluMLP, NoiseCNN
 from fastnets.models.ffnet import (
     FastForward, FFNet, FFNetMainPath, FFNetStage, ffnet_spatial_sizes,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "register_model", "ResNet", "RESNET_BASELINES", "REVNET_CONFIGS", "RevNet", "revnet110",
     "revnet164", "revnet38", "RevResidualFn", "RevTransition", "SequenceClassifier", "SmallCNN",
 ]
+__all__ += ["EluCNN", "EluMLP", "NOISES", "NORMS", "NoiseCNN"]
 
 # name -> factory(num_classes, **overrides). Names with a trailing depth ("resnet32") are parsed
 # by `create_model`. PacGAN generators and discriminators are generative models and
@@ -102,3 +104,8 @@ register_model("pooling_cnn", lambda num_classes, **kw: PoolingCNN(num_classes=n
 register_model("abc_cnn", lambda num_classes, **kw: ABCCNN(num_classes=num_classes, **kw))
 register_model("abc_cnn_float", lambda num_classes, **kw: ABCCNN(
     num_classes=num_classes, binary=False, **kw))
+# Training dynamics: noise regularisers (ANL / CANL, You et al. 2018) and ELU networks without
+# normalisation, with batch norm or with VCL taps (Littwin & Wolf 2018).
+register_model("noise_cnn", lambda num_classes, **kw: NoiseCNN(num_classes=num_classes, **kw))
+register_model("elu_mlp", lambda num_classes, **kw: EluMLP(num_classes=num_classes, **kw))
+register_model("elu_cnn", lambda num_classes, **kw: EluCNN(num_classes=num_classes, **kw))

@@ -14,24 +14,35 @@ import jax.numpy as jnp
 ModuleDef = Callable[..., nn.Module]
 
 
+def _norm(batch_norm: bool, train: bool) -> Callable[[str], Callable[[jax.Array], jax.Array]]:
+  """name -> batch norm (momentum 0.9), or the identity when `batch_norm` is False."""
+  if not batch_norm:
+    return lambda name: (lambda x: x)
+  return lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+
+
 class BasicBlock(nn.Module):
   """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU (He et al. 2016, Fig. 2 left).
 
-  The shortcut is a 1x1 strided conv + BN when shape changes (option B).
+  The shortcut is a 1x1 strided conv + BN when shape changes (option B). `batch_norm=False`
+  drops every BN and gives the convolutions biases instead (the unnormalised network of Bjorck et
+  al. 2018).
   """
   features: int
   strides: int = 1
+  batch_norm: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    norm = _norm(self.batch_norm, train)
+    bias = not self.batch_norm
     y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), padding="SAME",
-                use_bias=False, name="conv1")(x)
+                use_bias=bias, name="conv1")(x)
     y = nn.relu(norm("bn1")(y))
-    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv2")(y)
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=bias, name="conv2")(y)
     y = norm("bn2")(y)
     if x.shape[-1] != self.features or self.strides != 1:
-      x = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False,
+      x = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=bias,
                   name="proj")(x)
       x = norm("proj_bn")(x)
     return nn.relu(x + y)
@@ -76,11 +87,13 @@ class ResNet(nn.Module):
     depth: 6n+2 (basic) or 9n+2 (bottleneck).
     widths: channels of the stem and of the three stages (16, 16, 32, 64 in He et al.).
     bottleneck: use bottleneck blocks (ResNet-164).
+    batch_norm: False removes every batch norm (basic blocks only; Bjorck et al. 2018).
   """
   num_classes: int = 10
   depth: int = 20
   widths: Sequence[int] = (16, 16, 32, 64)
   bottleneck: bool = False
+  batch_norm: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -90,12 +103,16 @@ class ResNet(nn.Module):
     if len(self.widths) != 4:
       raise ValueError(f"widths must be (stem, stage1, stage2, stage3), got {self.widths}.")
     blocks = resnet_stage_sizes(self.depth, self.bottleneck)
+    if self.bottleneck and not self.batch_norm:
+      raise ValueError("batch_norm=False is implemented for basic blocks only (bottleneck=False).")
+    extra = {} if self.batch_norm else {"batch_norm": False}
     block_cls = BottleneckBlock if self.bottleneck else BasicBlock
-    x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, name="stem")(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="stem_bn")(x))
+    x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=not self.batch_norm,
+                name="stem")(x)
+    x = nn.relu(_norm(self.batch_norm, train)("stem_bn")(x))
     for stage, features in enumerate(self.widths[1:]):
       for i in range(blocks):
         strides = 2 if (stage > 0 and i == 0) else 1
-        x = block_cls(features, strides, name=f"stage{stage + 1}_block{i + 1}")(x, train)
+        x = block_cls(features, strides, name=f"stage{stage + 1}_block{i + 1}", **extra)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x).astype(jnp.float32)

@@ -54,6 +54,16 @@ from fastnets.nn.memory_planning import (  # noqa: F401
     plan_memory, planned_apply, planned_step_memory, remat_apply, training_step,
 )
 
+# Variance-constancy taps (Littwin & Wolf 2018).
+from fastnets.nn.variance_constancy import (  # noqa: F401
+    VarianceConstancy, VCL_COLLECTION,
+)
+
+# Adversarial noise layer (You et al. 2018).
+from fastnets.nn.adversarial_noise import (  # noqa: F401
+    ANL_DIRECTIONS, ANL_PERTURBATIONS, ANL_RNG, ANL_STATE, AdversarialNoise,
+)
+
 __all__ = [
     "block_options", "block_strategies", "Chain", "chain_blocks", "MemoryPlan",
     "offload_support", "plan_memory", "planned_apply", "planned_step_memory", "remat_apply",
@@ -69,3 +79,5 @@ __all__ = [
     "sparse_convs", "sparsify_variables", "stacked_orthogonal", "TTGRUCell", "TTLinear",
     "TTLSTMCell",
 ]
+__all__ += ["VarianceConstancy", "VCL_COLLECTION"]
+__all__ += ["ANL_DIRECTIONS", "ANL_PERTURBATIONS", "ANL_RNG", "ANL_STATE", "AdversarialNoise"]

@@ -103,6 +103,17 @@ from fastnets.ops.memory_planning import (  # noqa: F401
     plan_chain, remat, residual_bytes,
 )
 
+# Variance-constancy loss (Littwin & Wolf 2018).
+from fastnets.ops.variance_constancy import (  # noqa: F401
+    MIN_BETA, sown_pairs, sub_batch_indices, variance_constancy_loss, variance_constancy_total,
+    variance_ratio_loss,
+)
+
+# Adversarial noise layers (You et al. 2018) and FGSM.
+from fastnets.ops.adversarial_noise import (  # noqa: F401
+    adversarial_noise, check_eps, class_directions, fgsm, noise_magnitudes,
+)
+
 __all__ = [
     "chain_peak_bytes", "ChainOption", "ChainPlan", "cost_aware_policy", "flops_of",
     "flops_per_byte", "min_peak_bytes", "plan_chain", "primitive_flops", "remat",
@@ -139,3 +150,8 @@ __all__ = [
     "scale_grad",
 ]
 __all__ += ["frechet_distance"]
+__all__ += [
+    "MIN_BETA", "sown_pairs", "sub_batch_indices", "variance_constancy_loss",
+    "variance_constancy_total", "variance_ratio_loss",
+]
+__all__ += ["adversarial_noise", "check_eps", "class_directions", "fgsm", "noise_magnitudes"]

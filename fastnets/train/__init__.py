@@ -15,7 +15,12 @@ from fastnets.train.distillation import TeacherFn, distillation_loss, with_sown_
 from fastnets.train.steps import (LossFn, TrainState, classification_loss, empty_metric_sums,
                                   init_train_state, make_eval_step, make_train_step)
 from fastnets.train.steps import init_key, make_keyed_train_step
+from fastnets.train.dynamics import (LayerStatsRecorder, layer_statistics, lr_sweep,
+                                      variance_constancy_loss_fn)
 
+from fastnets.train.adversarial import (activation_grads, anl_loss_fn, canl_loss_fn,
+                                        fgsm_evaluator, fgsm_input_range, fgsm_training_loss_fn,
+                                        input_grads, value_and_recorded_grad, zero_perturbations)
 __all__ = [
     "Checkpointer", "DATA_AXIS", "LossFn", "NonFiniteLossError", "OPTIMIZERS", "SCHEDULES",
     "TrainConfig", "TrainResult", "TrainState", "WorkdirMismatchError", "batch_sharded",
@@ -28,3 +33,7 @@ __all__ = [
     "make_keyed_train_step", "map_seeds",
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]
+__all__ += ["LayerStatsRecorder", "layer_statistics", "lr_sweep", "variance_constancy_loss_fn"]
+__all__ += ["activation_grads", "anl_loss_fn", "canl_loss_fn", "fgsm_evaluator",
+            "fgsm_input_range", "fgsm_training_loss_fn", "input_grads",
+            "value_and_recorded_grad", "zero_perturbations"]
