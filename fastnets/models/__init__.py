@@ -97,3 +97,12 @@ register_model("pooling_cnn", lambda num_classes, **kw: PoolingCNN(num_classes=n
 register_model("abc_cnn", lambda num_classes, **kw: ABCCNN(num_classes=num_classes, **kw))
 register_model("abc_cnn_float", lambda num_classes, **kw: ABCCNN(
     num_classes=num_classes, binary=False, **kw))
+
+# Gate Decorator: channel-prunable conv nets (plain, residual, grouped) and channel surgery.
+from fastnets.models.prunable import (  # noqa: E402
+    channel_surgery, LAYOUTS as PRUNABLE_LAYOUTS, PrunableConvNet, pruned_conv_flops,
+)
+
+__all__ += ["channel_surgery", "PRUNABLE_LAYOUTS", "PrunableConvNet", "pruned_conv_flops"]
+register_model("prunable", lambda num_classes, **kw: PrunableConvNet(
+    num_classes=num_classes, **kw))

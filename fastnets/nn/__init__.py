@@ -58,3 +58,10 @@ __all__ = [
     "sparse_convs", "sparsify_variables", "stacked_orthogonal", "TTGRUCell", "TTLinear",
     "TTLSTMCell",
 ]
+
+# Gate Decorator's gated batch norm (You et al. 2019).
+from fastnets.nn.gated import (  # noqa: F401,E402
+    GATE_COLLECTION, GatedBatchNorm, gate_masks, gate_values, with_gate_masks,
+)
+
+__all__ += ["GATE_COLLECTION", "GatedBatchNorm", "gate_masks", "gate_values", "with_gate_masks"]

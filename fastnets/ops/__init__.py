@@ -122,3 +122,11 @@ __all__ = [
     "tt_init_stddevs", "tt_matmul", "tt_matmul_flops", "tt_num_params", "tt_shapes", "unpack",
     "zhu_gupta_sparsity", "ZhuGuptaSchedule",
 ]
+
+# Channel pruning: Gate Decorator's Taylor scores and global ranking (You et al. 2019).
+from fastnets.ops.channel_pruning import (  # noqa: F401,E402
+    global_channel_ranking, layer_minimum, prune_to_flops, slice_channels, taylor_scores,
+)
+
+__all__ += ["global_channel_ranking", "layer_minimum", "prune_to_flops", "slice_channels",
+            "taylor_scores"]

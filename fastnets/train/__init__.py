@@ -28,3 +28,10 @@ __all__ = [
     "make_keyed_train_step", "map_seeds",
     "TeacherFn", "distillation_loss", "with_sown_losses",
 ]
+
+# Gate Decorator's tick-tock pruning as fit callbacks (You et al. 2019).
+from fastnets.train.gate_decorator import (  # noqa: E402
+    gate_l1_loss, OneShotPrune, taylor_channel_scores, TickTock,
+)
+
+__all__ += ["gate_l1_loss", "OneShotPrune", "taylor_channel_scores", "TickTock"]
