@@ -40,6 +40,7 @@ EXPERIMENTS = [
     "abc_net",
     "gm_sop",
     "pkt",
+    "gate_decorator",
     "bench_fastfood",
     "bench_rounding",
     "bench_sparse_conv",
@@ -54,7 +55,7 @@ EXPECTED_S = {
     "low_precision": 120, "deep_fried": 90, "dynamic_downsampling": 200, "ffnet": 90,
     "bench_fastfood": 40, "bench_rounding": 20, "bench_sparse_conv": 60, "bench_reversible": 40,
     "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
-    "gm_sop": 120, "pkt": 120,
+    "gm_sop": 120, "pkt": 120, "gate_decorator": 150,
 }
 DEFAULT_EXPECTED_S = 90
 

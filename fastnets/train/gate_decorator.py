@@ -22,6 +22,7 @@ The models are those with `fastnets.nn.GatedBatchNorm` gates (e.g.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional
@@ -80,24 +81,25 @@ def taylor_channel_scores(model: nn.Module, variables: Mapping, batches: Iterabl
   """
   variables = dict(variables)
   params = variables.pop("params")
-
-  @jax.jit
-  def batch_scores(p, rest, image, label):
-    def loss(p):
-      out = model.apply({"params": p, **rest}, image, train=train,
-                        mutable=["batch_stats"] if train else False)
-      logits = out[0] if train else out
-      return ops.cross_entropy_loss(logits, label)
-    grads = jax.grad(loss)(p)
-    return ops.taylor_scores(gate_values(p), gate_values(grads))
-
   total = None
   for batch in batches:
-    s = batch_scores(params, variables, jnp.asarray(batch["image"]), jnp.asarray(batch["label"]))
+    s = _batch_taylor_scores(model, train, params, variables, jnp.asarray(batch["image"]),
+                             jnp.asarray(batch["label"]))
     total = s if total is None else jax.tree.map(jnp.add, total, s)
   if total is None:
     raise ValueError("batches must hold at least one batch.")
   return {k: np.asarray(v) for k, v in total.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # Compiled once per model, not per tick.
+def _batch_taylor_scores(model, train, params, rest, image, label):
+  def loss(p):
+    out = model.apply({"params": p, **rest}, image, train=train,
+                      mutable=["batch_stats"] if train else False)
+    logits = out[0] if train else out
+    return ops.cross_entropy_loss(logits, label)
+  grads = jax.grad(loss)(params)
+  return ops.taylor_scores(gate_values(params), gate_values(grads))
 
 
 def _replace_masks(state: TrainState, alive: Mapping[str, np.ndarray]) -> TrainState:
