@@ -189,7 +189,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from fastnets import models, nn
 assert jax.device_count() == 4
-mesh = jax.make_mesh((4,), ("data",))
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
 model = models.PrunableConvNet(layout="residual", widths=(4, 6), stem_width=4, pool_after=(1,))
 x = jax.random.normal(jax.random.key(0), (8, 12, 12, 2))
 v = model.init(jax.random.key(1), x)

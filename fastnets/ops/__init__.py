@@ -130,3 +130,13 @@ from fastnets.ops.channel_pruning import (  # noqa: F401,E402
 
 __all__ += ["global_channel_ranking", "layer_minimum", "prune_to_flops", "slice_channels",
             "taylor_scores"]
+
+# Dynamic sparse training and EDST ensembles (FreeTickets, Liu et al. 2022; RigL; SET).
+from fastnets.ops.sparse_training import (  # noqa: F401,E402
+    DSTSchedule, DSTState, dynamic_sparse_training, EDSTSchedule, ensemble_probabilities,
+    erk_counts, erk_densities, pairwise_disagreement, prune_regrow_masks, random_sparse_masks,
+)
+
+__all__ += ["DSTSchedule", "DSTState", "dynamic_sparse_training", "EDSTSchedule",
+            "ensemble_probabilities", "erk_counts", "erk_densities", "pairwise_disagreement",
+            "prune_regrow_masks", "random_sparse_masks"]
