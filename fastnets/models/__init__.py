@@ -106,3 +106,9 @@ from fastnets.models.prunable import (  # noqa: E402
 __all__ += ["channel_surgery", "PRUNABLE_LAYOUTS", "PrunableConvNet", "pruned_conv_flops"]
 register_model("prunable", lambda num_classes, **kw: PrunableConvNet(
     num_classes=num_classes, **kw))
+
+# LeNet-300-100 style MLP (the dense model of sparse training papers).
+from fastnets.models.mlp import MLP  # noqa: E402
+
+__all__ += ["MLP"]
+register_model("mlp", lambda num_classes, **kw: MLP(num_classes=num_classes, **kw))

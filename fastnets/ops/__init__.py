@@ -64,7 +64,7 @@ from fastnets.ops.downsample import (  # noqa: F401
 )
 
 # Analytic FLOP counts of convolutions.
-from fastnets.ops.flops import conv_flops, conv_flops_of  # noqa: F401
+from fastnets.ops.flops import conv_flops, conv_flops_of, dense_flops  # noqa: F401
 
 # Block-Term and Tensor-Train matrices (Ye et al. 2018; Novikov et al. 2015).
 from fastnets.ops.tensor_formats import (  # noqa: F401
@@ -137,6 +137,7 @@ from fastnets.ops.sparse_training import (  # noqa: F401,E402
     erk_counts, erk_densities, pairwise_disagreement, prune_regrow_masks, random_sparse_masks,
 )
 
+__all__ += ["dense_flops"]
 __all__ += ["DSTSchedule", "DSTState", "dynamic_sparse_training", "EDSTSchedule",
             "ensemble_probabilities", "erk_counts", "erk_densities", "pairwise_disagreement",
             "prune_regrow_masks", "random_sparse_masks"]
