@@ -65,3 +65,10 @@ from fastnets.nn.gated import (  # noqa: F401,E402
 )
 
 __all__ += ["GATE_COLLECTION", "GatedBatchNorm", "gate_masks", "gate_values", "with_gate_masks"]
+
+# Selective convolutional units (Jeong & Shin 2019).
+from fastnets.nn.selective import (  # noqa: F401,E402
+    SELECTION_COLLECTION, SelectiveConv, selection_scores,
+)
+
+__all__ += ["SELECTION_COLLECTION", "SelectiveConv", "selection_scores"]

@@ -141,3 +141,10 @@ __all__ += ["dense_flops"]
 __all__ += ["DSTSchedule", "DSTState", "dynamic_sparse_training", "EDSTSchedule",
             "ensemble_probabilities", "erk_counts", "erk_densities", "pairwise_disagreement",
             "prune_regrow_masks", "random_sparse_masks"]
+
+# Selective convolutional units (Jeong & Shin 2019).
+from fastnets.ops.selective_conv import (  # noqa: F401,E402
+    bilinear_shift, expected_channel_damage, reallocate,
+)
+
+__all__ += ["bilinear_shift", "expected_channel_damage", "reallocate"]
