@@ -42,6 +42,7 @@ EXPERIMENTS = [
     "pkt",
     "gate_decorator",
     "free_tickets",
+    "selective_conv",
     "bench_fastfood",
     "bench_rounding",
     "bench_sparse_conv",
@@ -57,7 +58,7 @@ EXPECTED_S = {
     "bench_fastfood": 40, "bench_rounding": 20, "bench_sparse_conv": 60, "bench_reversible": 40,
     "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
     "gm_sop": 120, "pkt": 120, "gate_decorator": 150,
-    "free_tickets": 90,
+    "free_tickets": 90, "selective_conv": 90,
 }
 DEFAULT_EXPECTED_S = 90
 

@@ -112,3 +112,10 @@ from fastnets.models.mlp import MLP  # noqa: E402
 
 __all__ += ["MLP"]
 register_model("mlp", lambda num_classes, **kw: MLP(num_classes=num_classes, **kw))
+
+# Selective convolutional units in a small DenseNet-BC (Jeong & Shin 2019).
+from fastnets.models.selective_densenet import SelectiveDenseNet  # noqa: E402
+
+__all__ += ["SelectiveDenseNet"]
+register_model("selective_densenet", lambda num_classes, **kw: SelectiveDenseNet(
+    num_classes=num_classes, **kw))

@@ -35,3 +35,8 @@ from fastnets.train.gate_decorator import (  # noqa: E402
 )
 
 __all__ += ["gate_l1_loss", "OneShotPrune", "taylor_channel_scores", "TickTock"]
+
+# Selective convolutional units' channel re-allocation as a fit callback (Jeong & Shin 2019).
+from fastnets.train.selective import SelectionReallocation  # noqa: E402
+
+__all__ += ["SelectionReallocation"]
