@@ -40,7 +40,7 @@ def _random_masks(variables, seed):
 
 @pytest.mark.parametrize("layout", models.PRUNABLE_LAYOUTS)
 def test_surgery_equals_gating(layout):
-  model = models.PrunableConvNet(layout=layout, widths=(4, 6, 5), stem_width=6, pool_after=(1,))
+  model = models.PrunableConvNet(layout=layout, widths=(4, 6), stem_width=6, pool_after=(1,))
   x, v = _trained_like(model)
   masked = nn.with_gate_masks(v, _random_masks(v, 1))
   snapshot = copy.deepcopy(jax.tree.map(np.asarray, masked))
