@@ -40,12 +40,14 @@ DEFAULTS = {
     "layers": [3, 3],
     "growth": 8,
     "bottleneck": 32,
+    "stem_stride": 1,
     "realloc_start": 0.3,
     "realloc_every": 0.1,
     "realloc_fraction": 0.1,
     "seeds": list(evidence.EVAL_SEEDS),
 }
-QUICK = {"steps": 300, "layers": [2, 2], "seeds": list(evidence.EVAL_SEEDS[:3])}
+QUICK = {"steps": 200, "layers": [2, 2], "growth": 6, "bottleneck": 24, "stem_stride": 2,
+         "seeds": list(evidence.EVAL_SEEDS[:3])}
 SMOKE = {"steps": 4, "batch_size": 16, "eval_batch_size": 500, "log_every": 2,
          "layers": [1, 1], "growth": 4, "bottleneck": 8, "seeds": [0]}
 PAPER = {
@@ -69,7 +71,8 @@ def run(config: dict) -> dict:
   seeds = [int(s) for s in config["seeds"]]
   steps = config["steps"]
   kw = dict(num_classes=dataset.num_classes, layers=tuple(config["layers"]),
-            growth=config["growth"], bottleneck=config["bottleneck"])
+            growth=config["growth"], bottleneck=config["bottleneck"],
+            stem_stride=config["stem_stride"])
   nets = {"baseline": models.SelectiveDenseNet(selective=False, **kw),
           "scu": models.SelectiveDenseNet(selective=True, **kw)}
   acc = {arm: [] for arm in ARMS}
@@ -104,7 +107,7 @@ def report_rows(results: dict) -> list[dict]:
   m, cfg = results["metrics"], results["config"]
   scale = "smoke" if cfg["steps"] < 100 else "proxy"
   setting = (f"{cfg['dataset']}, DenseNet-BC layers {cfg['layers']}, growth {cfg['growth']}, "
-             f"bottleneck {cfg['bottleneck']} ({m['baseline']['params']:,} vs "
+             f"bottleneck {cfg['bottleneck']}, stem stride {cfg['stem_stride']} ({m['baseline']['params']:,} vs "
              f"{m['scu']['params']:,} params), {cfg['steps']} steps of batch "
              f"{cfg['batch_size']}, seeds {', '.join(str(s) for s in m['seeds'])}")
   a, b = m["scu"]["test_accuracy_per_seed"], m["baseline"]["test_accuracy_per_seed"]

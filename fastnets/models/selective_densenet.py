@@ -33,6 +33,7 @@ class SelectiveDenseNet(nn.Module):
     growth: channels each dense layer adds.
     bottleneck: output channels of the 1x1 bottleneck (4 x growth in DenseNet-BC).
     stem: the stem conv's channels.
+    stem_stride: the stem conv's stride (2 halves the resolution every block works at).
     selective: bottlenecks are `SelectiveConv` units (named `block{b}_layer{l}_unit`) instead
       of BN-ReLU-conv.
   """
@@ -41,6 +42,7 @@ class SelectiveDenseNet(nn.Module):
   growth: int = 8
   bottleneck: int = 32
   stem: int = 16
+  stem_stride: int = 1
   selective: bool = True
 
   def unit_names(self) -> list[str]:
@@ -50,7 +52,8 @@ class SelectiveDenseNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """x: (N, H, W, C) float. Returns (N, num_classes) float32 logits."""
-    x = nn.Conv(self.stem, (3, 3), padding="SAME", use_bias=False, name="stem")(x)
+    x = nn.Conv(self.stem, (3, 3), strides=self.stem_stride, padding="SAME", use_bias=False,
+                name="stem")(x)
     for b, n in enumerate(self.layers):
       if b:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
