@@ -107,7 +107,8 @@ def report_rows(results: dict) -> list[dict]:
   m, cfg = results["metrics"], results["config"]
   scale = "smoke" if cfg["steps"] < 100 else "proxy"
   setting = (f"{cfg['dataset']}, DenseNet-BC layers {cfg['layers']}, growth {cfg['growth']}, "
-             f"bottleneck {cfg['bottleneck']}, stem stride {cfg['stem_stride']} ({m['baseline']['params']:,} vs "
+             f"bottleneck {cfg['bottleneck']}, stem stride {cfg['stem_stride']} "
+             f"({m['baseline']['params']:,} vs "
              f"{m['scu']['params']:,} params), {cfg['steps']} steps of batch "
              f"{cfg['batch_size']}, seeds {', '.join(str(s) for s in m['seeds'])}")
   a, b = m["scu"]["test_accuracy_per_seed"], m["baseline"]["test_accuracy_per_seed"]
