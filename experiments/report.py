@@ -46,6 +46,9 @@ EXPERIMENTS = [
     "anl",
     "vcl",
     "batchnorm_study",
+    "gate_decorator",
+    "free_tickets",
+    "selective_conv",
     "bench_fastfood",
     "bench_rounding",
     "bench_sparse_conv",
@@ -63,7 +66,8 @@ EXPECTED_S = {
     "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
     "gm_sop": 120, "pkt": 120,
     "lcw": 160, "memory_planning": 100,
-    "anl": 150, "vcl": 100, "batchnorm_study": 200,
+    "anl": 150, "vcl": 100, "batchnorm_study": 200, "gate_decorator": 150,
+    "free_tickets": 90, "selective_conv": 90,
 }
 DEFAULT_EXPECTED_S = 90
 

@@ -109,3 +109,25 @@ register_model("abc_cnn_float", lambda num_classes, **kw: ABCCNN(
 register_model("noise_cnn", lambda num_classes, **kw: NoiseCNN(num_classes=num_classes, **kw))
 register_model("elu_mlp", lambda num_classes, **kw: EluMLP(num_classes=num_classes, **kw))
 register_model("elu_cnn", lambda num_classes, **kw: EluCNN(num_classes=num_classes, **kw))
+
+# Gate Decorator: channel-prunable conv nets (plain, residual, grouped) and channel surgery.
+from fastnets.models.prunable import (  # noqa: E402
+    channel_surgery, LAYOUTS as PRUNABLE_LAYOUTS, PrunableConvNet, pruned_conv_flops,
+)
+
+__all__ += ["channel_surgery", "PRUNABLE_LAYOUTS", "PrunableConvNet", "pruned_conv_flops"]
+register_model("prunable", lambda num_classes, **kw: PrunableConvNet(
+    num_classes=num_classes, **kw))
+
+# LeNet-300-100 style MLP (the dense model of sparse training papers).
+from fastnets.models.mlp import MLP  # noqa: E402
+
+__all__ += ["MLP"]
+register_model("mlp", lambda num_classes, **kw: MLP(num_classes=num_classes, **kw))
+
+# Selective convolutional units in a small DenseNet-BC (Jeong & Shin 2019).
+from fastnets.models.selective_densenet import SelectiveDenseNet  # noqa: E402
+
+__all__ += ["SelectiveDenseNet"]
+register_model("selective_densenet", lambda num_classes, **kw: SelectiveDenseNet(
+    num_classes=num_classes, **kw))

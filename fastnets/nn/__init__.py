@@ -81,3 +81,17 @@ __all__ = [
 ]
 __all__ += ["VarianceConstancy", "VCL_COLLECTION"]
 __all__ += ["ANL_DIRECTIONS", "ANL_PERTURBATIONS", "ANL_RNG", "ANL_STATE", "AdversarialNoise"]
+
+# Gate Decorator's gated batch norm (You et al. 2019).
+from fastnets.nn.gated import (  # noqa: F401,E402
+    GATE_COLLECTION, GatedBatchNorm, gate_masks, gate_values, with_gate_masks,
+)
+
+__all__ += ["GATE_COLLECTION", "GatedBatchNorm", "gate_masks", "gate_values", "with_gate_masks"]
+
+# Selective convolutional units (Jeong & Shin 2019).
+from fastnets.nn.selective import (  # noqa: F401,E402
+    SELECTION_COLLECTION, SelectiveConv, selection_scores,
+)
+
+__all__ += ["SELECTION_COLLECTION", "SelectiveConv", "selection_scores"]

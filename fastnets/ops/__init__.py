@@ -66,7 +66,7 @@ from fastnets.ops.downsample import (  # noqa: F401
 )
 
 # Analytic FLOP counts of convolutions.
-from fastnets.ops.flops import conv_flops, conv_flops_of  # noqa: F401
+from fastnets.ops.flops import conv_flops, conv_flops_of, dense_flops  # noqa: F401
 
 # Block-Term and Tensor-Train matrices (Ye et al. 2018; Novikov et al. 2015).
 from fastnets.ops.block_term import (  # noqa: F401
@@ -155,3 +155,29 @@ __all__ += [
     "variance_constancy_total", "variance_ratio_loss",
 ]
 __all__ += ["adversarial_noise", "check_eps", "class_directions", "fgsm", "noise_magnitudes"]
+
+# Channel pruning: Gate Decorator's Taylor scores and global ranking (You et al. 2019).
+from fastnets.ops.channel_pruning import (  # noqa: F401,E402
+    global_channel_ranking, layer_minimum, prune_to_flops, slice_channels, taylor_scores,
+)
+
+__all__ += ["global_channel_ranking", "layer_minimum", "prune_to_flops", "slice_channels",
+            "taylor_scores"]
+
+# Dynamic sparse training and EDST ensembles (FreeTickets, Liu et al. 2022; RigL; SET).
+from fastnets.ops.sparse_training import (  # noqa: F401,E402
+    DSTSchedule, DSTState, dynamic_sparse_training, EDSTSchedule, ensemble_probabilities,
+    erk_counts, erk_densities, pairwise_disagreement, prune_regrow_masks, random_sparse_masks,
+)
+
+__all__ += ["dense_flops"]
+__all__ += ["DSTSchedule", "DSTState", "dynamic_sparse_training", "EDSTSchedule",
+            "ensemble_probabilities", "erk_counts", "erk_densities", "pairwise_disagreement",
+            "prune_regrow_masks", "random_sparse_masks"]
+
+# Selective convolutional units (Jeong & Shin 2019).
+from fastnets.ops.selective_conv import (  # noqa: F401,E402
+    bilinear_shift, expected_channel_damage, reallocate,
+)
+
+__all__ += ["bilinear_shift", "expected_channel_damage", "reallocate"]

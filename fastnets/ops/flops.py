@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from fastnets.sparse_format import Padding, conv_output_geometry
 
-__all__ = ["conv_flops", "conv_flops_of", "flops_of", "model_conv_flops", "primitive_flops"]
+__all__ = ["conv_flops", "conv_flops_of", "dense_flops", "flops_of", "model_conv_flops",
+           "primitive_flops"]
 
 
 def conv_flops(x_shape, kernel_shape, strides=(1, 1), padding: Padding = "SAME",
@@ -45,6 +46,15 @@ def conv_flops(x_shape, kernel_shape, strides=(1, 1), padding: Padding = "SAME",
   _, (ho, wo) = conv_output_geometry((h, w), (kh, kw), strides, padding)
   nz = kh * kw * ci * co if nonzeros is None else int(nonzeros)
   return 2 * n * ho * wo * nz
+
+
+def dense_flops(batch: int, in_features: int, out_features: int,
+                nonzeros: int | None = None) -> int:
+  """Multiply-add FLOPs (2 per MAC) of a dense layer's forward pass on `batch` examples; with
+  `nonzeros`, of the sparse layer (only nonzero weights multiply). A training step costs about 3x
+  (the input and the weight gradients each cost one more product of the same size)."""
+  nz = in_features * out_features if nonzeros is None else int(nonzeros)
+  return 2 * int(batch) * nz
 
 
 def _conv_eqn_flops(eqn) -> int:

@@ -37,3 +37,15 @@ __all__ += ["LayerStatsRecorder", "layer_statistics", "lr_sweep", "variance_cons
 __all__ += ["activation_grads", "anl_loss_fn", "canl_loss_fn", "fgsm_evaluator",
             "fgsm_input_range", "fgsm_training_loss_fn", "input_grads",
             "value_and_recorded_grad", "zero_perturbations"]
+
+# Gate Decorator's tick-tock pruning as fit callbacks (You et al. 2019).
+from fastnets.train.gate_decorator import (  # noqa: E402
+    gate_l1_loss, OneShotPrune, taylor_channel_scores, TickTock,
+)
+
+__all__ += ["gate_l1_loss", "OneShotPrune", "taylor_channel_scores", "TickTock"]
+
+# Selective convolutional units' channel re-allocation as a fit callback (Jeong & Shin 2019).
+from fastnets.train.selective import SelectionReallocation  # noqa: E402
+
+__all__ += ["SelectionReallocation"]
