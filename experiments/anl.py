@@ -41,16 +41,16 @@ DEFAULTS = {
     "learning_rate": 1e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "channels": [16, 32],
-    "hidden": 64,
-    "dropout_rate": 0.25,
-    "gaussian_std": 0.3,
-    "anl_eps": 0.3,
-    "fgsm_train_eps": 0.1,
-    "fgsm_eps": [0.05, 0.1],
-    "timing_repeats": 7,
-    "seeds": list(evidence.EVAL_SEEDS[:3]),
-    "arms": list(ARMS),
+    "channels": [16, 32],  # NoiseCNN conv widths, one per conv layer
+    "hidden": 64,  # NoiseCNN dense hidden width
+    "dropout_rate": 0.25,  # `dropout` arm: drop rate after every hidden layer
+    "gaussian_std": 0.3,  # `gaussian` arm: noise std relative to the activations
+    "anl_eps": 0.3,  # `anl` / `canl` arms: adversarial noise eps
+    "fgsm_train_eps": 0.1,  # `fgsm_training` arm: FGSM step, pixel scale [0, 1]
+    "fgsm_eps": [0.05, 0.1],  # white-box FGSM test eps values, pixel scale [0, 1]
+    "timing_repeats": 7,  # interleaved timing rounds of each arm's train step
+    "seeds": list(evidence.EVAL_SEEDS[:3]),  # evaluation seeds
+    "arms": list(ARMS),  # baseline (required), dropout, gaussian, fgsm_training, anl, canl
 }
 QUICK = {"steps": 150, "channels": [8, 16], "hidden": 32, "learning_rate": 3e-3,
          "timing_repeats": 5}

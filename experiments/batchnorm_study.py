@@ -46,14 +46,14 @@ DEFAULTS = {
     "schedule": "constant",
     "checkpoint_every": 0,
     "log_every": 50,
-    "depth": 14,
-    "widths": [8, 8, 16, 32],
-    "lrs": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
-    "stats_lr": 1.0,
-    "stats_steps": [1, 2, 5, 10],
-    "stats_seed": 0,
-    "probe_size": 64,
-    "seeds": list(evidence.EVAL_SEEDS[:3]),
+    "depth": 14,  # ResNet depth (6n+2)
+    "widths": [8, 8, 16, 32],  # ResNet channels of the stem and the three stages
+    "lrs": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],  # learning-rate grid (each arm, every seed)
+    "stats_lr": 1.0,  # learning rate of the layer-statistics run
+    "stats_steps": [1, 2, 5, 10],  # steps at which block statistics are recorded (and at init)
+    "stats_seed": 0,  # seed of the layer-statistics run
+    "probe_size": 64,  # training images in the fixed statistics probe batch
+    "seeds": list(evidence.EVAL_SEEDS[:3]),  # evaluation seeds
 }
 QUICK = {"steps": 100, "depth": 8, "widths": [4, 4, 8, 8], "lrs": [0.01, 0.1, 1.0, 10.0]}
 # One learning rate in the smoke run (the sweep's divergence path has its unit test).

@@ -45,14 +45,14 @@ DEFAULTS = {
     "learning_rate": 1e-3,
     "checkpoint_every": 0,
     "log_every": 500,
-    "hidden": [300, 100],
-    "density": 0.2,
-    "update_every": 100,
-    "death_rate": 0.5,
-    "refine_death_rate": 0.8,
-    "num_tickets": 3,
-    "exploration_fraction": 0.4,
-    "seeds": list(evidence.EVAL_SEEDS),
+    "hidden": [300, 100],  # MLP hidden widths (LeNet-300-100)
+    "density": 0.2,  # fraction of weights kept in the sparse arms (ERK)
+    "update_every": 100,  # steps between RigL topology updates
+    "death_rate": 0.5,  # fraction of each layer's weights dropped and regrown per update
+    "refine_death_rate": 0.8,  # EDST: death rate opening each refinement phase
+    "num_tickets": 3,  # EDST: tickets (refinement phases) in the ensemble
+    "exploration_fraction": 0.4,  # EDST: fraction of the steps in the exploration phase
+    "seeds": list(evidence.EVAL_SEEDS),  # evaluation seeds
 }
 QUICK = {"steps": 1200, "seeds": list(evidence.EVAL_SEEDS[:3])}
 SMOKE = {"steps": 12, "update_every": 2, "batch_size": 16, "eval_batch_size": 500,

@@ -49,20 +49,20 @@ DEFAULTS = {
     "learning_rate": 3e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "widths": [8, 16, 16, 32],
-    "pool_after": [0, 2],
-    "pretrain_steps": 400,
-    "finetune_steps": 400,
-    "tock_steps": 40,
-    "tick_fraction": 0.1,
-    "score_batches": 4,
-    "gate_l1": 5e-4,
-    "target_flops": 0.5,
-    "min_keep": 0.1,
-    "spearman_images": 1000,
-    "time_batch": 256,
-    "time_repeats": 9,
-    "seeds": list(evidence.EVAL_SEEDS),
+    "widths": [8, 16, 16, 32],  # PrunableConvNet conv widths (plain layout)
+    "pool_after": [0, 2],  # conv layer indices followed by a 2x2 max-pool
+    "pretrain_steps": 400,  # steps before pruning (identical in every arm)
+    "finetune_steps": 400,  # steps after pretraining: pruning, then fine-tuning
+    "tock_steps": 40,  # steps between tick-tock ticks
+    "tick_fraction": 0.1,  # fraction of the remaining channels removed per tick
+    "score_batches": 4,  # training batches per Taylor-score pass
+    "gate_l1": 5e-4,  # L1 penalty weight on the gates during tocks
+    "target_flops": 0.5,  # target conv FLOPs, fraction of the unpruned model's
+    "min_keep": 0.1,  # fraction of each layer's channels always kept
+    "spearman_images": 1000,  # validation images for the Taylor-score Spearman check
+    "time_batch": 256,  # inference batch size of the speed-up timing
+    "time_repeats": 9,  # interleaved timing rounds of the speed-up
+    "seeds": list(evidence.EVAL_SEEDS),  # evaluation seeds
 }
 QUICK = {"pretrain_steps": 150, "finetune_steps": 150, "tock_steps": 20, "score_batches": 2,
          "spearman_images": 500, "seeds": list(evidence.EVAL_SEEDS[:3])}

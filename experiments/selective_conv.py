@@ -38,14 +38,14 @@ DEFAULTS = {
     "learning_rate": 3e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "layers": [3, 3],
-    "growth": 8,
-    "bottleneck": 32,
-    "stem_stride": 1,
-    "realloc_start": 0.3,
-    "realloc_every": 0.1,
-    "realloc_fraction": 0.1,
-    "seeds": list(evidence.EVAL_SEEDS),
+    "layers": [3, 3],  # DenseNet-BC dense layers per block
+    "growth": 8,  # channels each dense layer adds
+    "bottleneck": 32,  # output channels of the 1x1 bottleneck
+    "stem_stride": 1,  # stride of the stem conv (2 halves the resolution)
+    "realloc_start": 0.3,  # `scu` arm: fraction of the steps when re-allocation starts
+    "realloc_every": 0.1,  # `scu` arm: re-allocation interval, fraction of the steps
+    "realloc_fraction": 0.1,  # `scu` arm: fraction of each unit's slots moved per re-allocation
+    "seeds": list(evidence.EVAL_SEEDS),  # evaluation seeds
 }
 QUICK = {"steps": 200, "layers": [2, 2], "growth": 6, "bottleneck": 24, "stem_stride": 2,
          "seeds": list(evidence.EVAL_SEEDS[:3])}

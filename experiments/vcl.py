@@ -34,13 +34,13 @@ DEFAULTS = {
     "learning_rate": 1e-3,
     "checkpoint_every": 0,
     "log_every": 100,
-    "cnn_channels": [16, 32],
-    "cnn_hidden": 64,
-    "mlp_hidden": [128, 128, 128],
-    "vcl_weight": 1.0,
-    "sub_batch": 5,
-    "seeds": list(evidence.EVAL_SEEDS[:3]),
-    "models": list(MODELS),
+    "cnn_channels": [16, 32],  # EluCNN conv widths
+    "cnn_hidden": 64,  # EluCNN dense hidden width
+    "mlp_hidden": [128, 128, 128],  # EluMLP hidden widths
+    "vcl_weight": 1.0,  # `vcl` arm: weight of VCL in the loss CE + weight * VCL
+    "sub_batch": 5,  # `vcl` arm: examples per VCL sub-batch
+    "seeds": list(evidence.EVAL_SEEDS[:3]),  # evaluation seeds
+    "models": list(MODELS),  # "cnn" and/or "mlp"
 }
 QUICK = {"steps": 300, "cnn_channels": [8, 16], "cnn_hidden": 32, "mlp_hidden": [64, 64, 64]}
 # The smoke run trains the MLP only (fewer compilations in the test suite; the CNN's three

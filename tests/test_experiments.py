@@ -105,3 +105,12 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
   assert "Traceback" not in bad_value.stderr and 'Did you mean "resnet"' in bad_value.stderr
   helptext = cli("--help").stdout
   assert "--learning_rate: peak learning rate" in helptext and "<sgd|momentum|" in helptext
+
+
+@pytest.mark.parametrize("name", report.EXPERIMENTS)
+def test_every_flag_has_help(name):
+  """`--help` documents every config key: TrainConfig's docs, or a DEFAULTS literal comment."""
+  module = importlib.import_module(f"experiments.{name}")
+  documented = {**common.config_comments(module), **getattr(module, "HELP", {})}
+  missing = [k for k in module.DEFAULTS if k not in common.TRAIN_DEFAULTS and k not in documented]
+  assert not missing, f"{name}: DEFAULTS keys without a help comment: {missing}"
