@@ -387,6 +387,7 @@ def run(config: dict) -> dict:
                             int(config["steps"]), os.path.join(workdir, "curves.png"),
                             f"{config['model']} on {ds.name}: dense vs pruned to "
                             f"{config['final_sparsity']:.0%}")
+  metrics["load_average"] = common.load_average()  # timings are comparable at a similar load
   return common.write_results(workdir, NAME, config, metrics, PAPER, timer(), plots=plots,
                               history={"dense": dense_res["history"] if dense_res else None,
                                        "pruned": pruned_res["history"]},
@@ -445,7 +446,7 @@ def report_rows(results: dict) -> list[dict]:
         f"{e2e['predictions_equal']}; layers: "
         + ", ".join(f"{k} {v}" for k, v in e2e["layer_impls"].items()),
         scale="proxy", setting=f"{setting}; batch {e2e['batch']}, {cfg['repeats']} interleaved "
-        "rounds, timed on a shared (loaded) 2-core machine unless rerun idle",
+        f"rounds; 1/5/15-min load average after the run: {m.get('load_average')}",
         verdict=(benchmarking.judge_ratio(base_ratio, 2.0, scale="proxy")
                  if e2e["predictions_equal"] else evidence.NOT_REPRODUCED)))
   for key, label, claim in (("im2col", "cuBLAS (im2col + GEMM)", 1.38),

@@ -563,6 +563,15 @@ _native_jit = jax.jit(_native_vjp, static_argnums=(7,))
 _NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
+def native_takes_dtypes(x, w: SparseKernel, bias=None) -> bool:
+  """Whether the native kernel takes these dtypes: x, w.values and bias each float32 or bfloat16,
+  and an (input, output) pair `native.sparse_conv_supported` lists. The one dtype rule of both
+  `impl="auto"` and `check_native_inputs`."""
+  if any(a is not None and jnp.dtype(a.dtype) not in _NATIVE_DTYPES for a in (x, w.values, bias)):
+    return False
+  return native.sparse_conv_supported(x.dtype, jnp.result_type(x.dtype, w.values.dtype))
+
+
 def check_native_inputs(x, w: SparseKernel, bias, strides, padding) -> None:
   """Raises (before any native code runs) when the native kernel cannot take this problem.
 
@@ -574,10 +583,12 @@ def check_native_inputs(x, w: SparseKernel, bias, strides, padding) -> None:
   check_conv_inputs(x, w, bias)
   strides = pair(strides, "strides")
   conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], strides, padding)  # validates
-  for name, a in (("x", x), ("w.values", w.values), ("bias", bias)):
-    if a is not None and jnp.dtype(a.dtype) not in _NATIVE_DTYPES:
-      raise TypeError(f"sparse_conv2d_native: {name} must be float32 or bfloat16 (the native "
-                      f"kernel's dtypes); got {a.dtype}. Use impl='xla' for other dtypes.")
+  if not native_takes_dtypes(x, w, bias):
+    named = [(n, a) for n, a in (("x", x), ("w.values", w.values), ("bias", bias)) if a is not None]
+    name, a = next(((n, a) for n, a in named if jnp.dtype(a.dtype) not in _NATIVE_DTYPES),
+                   named[0])
+    raise TypeError(f"sparse_conv2d_native: {name} must be float32 or bfloat16 (the native "
+                    f"kernel's dtypes); got {a.dtype}. Use impl='xla' for other dtypes.")
   if not isinstance(w.values, jax.core.Tracer):
     finite = np.isfinite(np.asarray(w.values, np.float32))
     if not finite.all():

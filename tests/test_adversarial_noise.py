@@ -149,3 +149,17 @@ def test_fgsm_moves_every_input_by_eps_within_range():
   inside = (jnp.abs(x + 0.1 * jnp.sign(g)) <= 1.0)
   np.testing.assert_allclose(jnp.abs(out - x)[inside], 0.1, rtol=1e-6)
   assert float(jnp.max(jnp.abs(out))) <= 1.0
+
+
+def test_fgsm_evaluator_clean_equals_evaluate_and_attack_does_not_help():
+  from fastnets import data, models
+  dataset = data.load_dataset("mnist_bundled")
+  model = models.NoiseCNN(num_classes=10, channels=(4,), hidden=16)
+  config = train.TrainConfig(steps=150, batch_size=64, learning_rate=1e-2, log_every=150,
+                             checkpoint_every=0)
+  state = train.fit(model, dataset, config).state
+  acc = train.fgsm_evaluator(model, dataset, [0.0, 0.2], "validation", 500)(state)
+  clean = train.evaluate(model, state, dataset, 500, split="validation")["accuracy"]
+  assert clean > 0.3  # trained: the attack has something to break
+  assert acc[0.0] == pytest.approx(clean, abs=1e-6)
+  assert acc[0.2] < acc[0.0]

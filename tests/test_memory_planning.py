@@ -273,7 +273,8 @@ def test_plan_memory_tighter_budget_less_compiled_memory_deterministic():
   assert set(tight.strategies) != {"store"}
   assert tight.compiled_temp_bytes < loose.compiled_temp_bytes
   assert tight.estimate_bytes <= least
-  assert "CPU" in tight.unavailable["offload"] or "implemented" in tight.unavailable["offload"]
+  # Offload is not offered: on this CPU backend because device memory is host memory.
+  assert jax.default_backend() != "cpu" or "CPU" in tight.unavailable["offload"]
   with pytest.raises(ValueError, match="least peak"):
     MP.plan_memory(chain, variables, x, least // 2, **again)
   with pytest.raises(ValueError, match="positive"):

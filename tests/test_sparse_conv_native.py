@@ -155,6 +155,11 @@ def test_auto_dispatch_threshold_and_sparse_apply():
   assert sc.choose_sparse_conv_impl("auto", x, sparse) == "native"
   assert sc.choose_sparse_conv_impl("auto", x, dense) == "dense"
   assert sc.choose_sparse_conv_impl("auto", x.astype(jnp.float16), sparse) == "xla"
+  # w.values or bias in a dtype the kernel does not take: auto falls back instead of raising.
+  assert sc.choose_sparse_conv_impl("auto", x, sparse.replace(
+      values=sparse.values.astype(jnp.float16))) == "xla"
+  assert sc.choose_sparse_conv_impl("auto", x, sparse, jnp.zeros(
+      sparse.kernel_shape[3], jnp.float16)) == "xla"
   hlo = lambda w: jax.jit(lambda x: ops.sparse_conv2d(x, w)).trace(x).lower().as_text()
   assert TARGET in hlo(sparse) and TARGET not in hlo(dense)
   np.testing.assert_allclose(ops.sparse_conv2d(x, dense), ops.sparse_conv2d(x, dense, impl="xla"),

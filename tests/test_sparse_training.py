@@ -100,6 +100,10 @@ def test_dst_masked_weights_get_no_update():
         np.testing.assert_array_equal(m_new, m_old)
       else:
         moved |= bool(np.any(m_new != m_old))
+        assert np.all(w[m_new & ~m_old] == 0)  # grown weights start at exactly zero
+      if t < 3:  # before any regrowth: gradients are masked before the optimizer sees them
+        mu = np.asarray(state.inner_state[0].mu["params"][name]["kernel"])
+        assert np.all(mu[~m_old] == 0)
   assert moved
   with pytest.raises(ValueError, match="method"):
     ops.dynamic_sparse_training(optax.sgd(1.0), masks, sched, "magic")

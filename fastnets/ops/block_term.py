@@ -28,7 +28,13 @@ import jax.numpy as jnp
 import opt_einsum
 
 from fastnets.ops.einsum_plans import ContractionPlan, contraction_plan
-from fastnets.ops.factorization import as_factors, check_same_modes, normal_draws, rescale_to_sqnorm
+from fastnets.ops.factorization import (
+  as_factors,
+  check_matmul_input,
+  check_same_modes,
+  normal_draws,
+  rescale_to_sqnorm,
+)
 
 __all__ = ["bt_dense", "bt_init", "bt_init_stddevs", "bt_matmul", "bt_matmul_flops",
            "bt_num_params", "bt_rescale_to_norm", "bt_shapes", "bt_sqnorm"]
@@ -257,13 +263,7 @@ def bt_matmul(x: jax.Array, factors: Sequence[jax.Array], cores: jax.Array, *,
     TypeError / ValueError: malformed factors or cores, or x.shape[-1] != prod(I_n).
   """
   i_f, j_f, r_f, c = _check_bt(factors, cores)
-  x = jnp.asarray(x)
-  if x.ndim < 1 or x.shape[-1] != math.prod(i_f):
-    raise ValueError(
-        f"x must have shape (..., I) with I = prod of the factors' input sizes {i_f} = "
-        f"{math.prod(i_f)}, got shape {x.shape}.")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}.")
+  x = check_matmul_input(x, i_f, "factors'")
   lead = x.shape[:-1]
   batch = math.prod(lead)
   plan = bt_matmul_flops(batch, i_f, j_f, r_f, c, optimize)

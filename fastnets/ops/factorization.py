@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["as_factors", "balanced_factors", "check_factorization", "check_same_modes",
+__all__ = ["as_factors", "balanced_factors", "check_factorization", "check_matmul_input",
+           "check_same_modes",
            "normal_draws", "rescale_to_sqnorm"]
 
 
@@ -98,6 +99,19 @@ def balanced_factors(n: int, num_factors: int) -> tuple[int, ...]:
   out = best(n, num_factors, 1)
   assert out is not None and math.prod(out) == n
   return out
+
+
+def check_matmul_input(x, input_factors: Sequence[int], what: str) -> jax.Array:
+  """`x` as an array of shape (..., prod(input_factors)) with a floating dtype, else a
+  ValueError/TypeError naming `x` and the `what` ("factors'" or "cores'") input sizes."""
+  x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[-1] != math.prod(input_factors):
+    raise ValueError(
+        f"x must have shape (..., I) with I = prod of the {what} input sizes {input_factors} = "
+        f"{math.prod(input_factors)}, got shape {x.shape}.")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}.")
+  return x
 
 
 def check_same_modes(input_factors, output_factors):

@@ -88,13 +88,7 @@ def _jaxpr_conv_flops(jaxpr, multiplier: int = 1) -> list[dict]:
       continue
     inner_mult = multiplier * int(eqn.params.get("length", 1)) if eqn.primitive.name == "scan" \
         else multiplier
-    subs = []
-    for value in eqn.params.values():
-      for item in (value if isinstance(value, (tuple, list)) else (value,)):
-        if isinstance(item, jax.extend.core.ClosedJaxpr):
-          subs.append(item.jaxpr)
-        elif isinstance(item, jax.extend.core.Jaxpr):
-          subs.append(item)
+    subs = _sub_jaxprs(eqn)
     if eqn.primitive.name == "cond":  # Only one branch runs: count the most expensive.
       branches = [_jaxpr_conv_flops(sub, inner_mult) for sub in subs]
       records.extend(max(branches, key=lambda r: sum(x["flops"] for x in r), default=[]))
@@ -208,6 +202,7 @@ def primitive_flops(primitive: Any, in_avals: Sequence[Any], out_avals: Sequence
 
 
 def _sub_jaxprs(eqn) -> list:
+  """The jaxprs nested in an equation's parameters (scan/while bodies, cond branches, pjit)."""
   subs = []
   for value in eqn.params.values():
     for item in (value if isinstance(value, (tuple, list)) else (value,)):

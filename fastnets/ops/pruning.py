@@ -42,6 +42,7 @@ __all__ = [
   "format_sparsity_report",
   "gradual_magnitude_pruning",
   "magnitude_mask",
+  "mask_tree",
   "magnitude_masks",
   "magnitude_prune",
   "masked_updates",
@@ -287,8 +288,9 @@ class GradualPruningState(NamedTuple):
   inner_state: Any
 
 
-def _mask_tree(masks, tree, fill=None):
-  """where(mask, tree, fill or 0) leafwise; `fill` a tree of the same structure or None."""
+def mask_tree(masks, tree, fill=None):
+  """where(mask, tree, fill or 0) leafwise on masked leaves (a None mask keeps the leaf); `fill`
+  a tree of the same structure, or None for zeros."""
   if fill is None:
     return jax.tree.map(
       lambda m, u: u if m is None else jnp.where(m, u, jnp.zeros((), u.dtype)),
@@ -328,9 +330,9 @@ def masked_updates(tx: optax.GradientTransformation, masks: PyTree | None = None
     return MaskedUpdatesState(masks=m, inner_state=tx.init(params))
 
   def update(updates, state, params=None):
-    g = _mask_tree(state.masks, updates)
+    g = mask_tree(state.masks, updates)
     u, inner = tx.update(g, state.inner_state, params)
-    return _mask_tree(state.masks, u), MaskedUpdatesState(state.masks, inner)
+    return mask_tree(state.masks, u), MaskedUpdatesState(state.masks, inner)
 
   return optax.GradientTransformation(init, update)
 
@@ -377,16 +379,16 @@ def gradual_magnitude_pruning(
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("gradual_magnitude_pruning needs params: call update(grads, state, params).")
-    g = _mask_tree(state.masks, updates)
+    g = mask_tree(state.masks, updates)
     u, inner = tx.update(g, state.inner_state, params)
-    u = _mask_tree(state.masks, u)
+    u = mask_tree(state.masks, u)
     candidate = jax.tree.map(lambda p, d: p + d.astype(p.dtype), params, u)
     new_masks = lax.cond(
       schedule.is_pruning_step(state.count),
       lambda: magnitude_masks(candidate, schedule(state.count), scope=scope, prunable=prunable),
       lambda: state.masks)
     neg = jax.tree.map(lambda p: -p, params)
-    u = _mask_tree(new_masks, u, neg)
+    u = mask_tree(new_masks, u, neg)
     return u, GradualPruningState(state.count + 1, new_masks, inner)
 
   return optax.GradientTransformation(init, update)

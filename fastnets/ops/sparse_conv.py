@@ -67,7 +67,7 @@ SPARSE_CONV_IMPLS = ("auto", "xla", "native", "dense", "pallas")
 # `metrics.summary.native_crossover` of `experiments.bench_sparse_conv` on the full-size AlexNet
 # conv2-4 and ResNet-50 3x3 layers, batch 1, sparsities 0.5-0.95 (0.782 by per-row medians and by
 # minima; a loaded 2-core machine, 2026-12-06). The command is in docs/KERNELS.md.
-NATIVE_MIN_SPARSITY = 0.78
+NATIVE_MIN_SPARSITY = 0.782
 
 
 def static_sparsity(w: SparseKernel) -> float:
@@ -77,7 +77,7 @@ def static_sparsity(w: SparseKernel) -> float:
   return 1.0 - w.max_nnz / (kh * kw * ci)
 
 
-def choose_sparse_conv_impl(impl: str, x, w: SparseKernel) -> str:
+def choose_sparse_conv_impl(impl: str, x, w: SparseKernel, bias=None) -> str:
   """The implementation `sparse_conv2d(x, w, impl=impl)` runs on this backend.
 
   "auto" becomes "pallas" on a GPU; on a CPU, "native" when `static_sparsity(w) >=
@@ -90,10 +90,11 @@ def choose_sparse_conv_impl(impl: str, x, w: SparseKernel) -> str:
     return impl
   if jax.default_backend() == "gpu":
     return "pallas"
+  if jax.default_backend() != "cpu":  # The native kernel is a CPU kernel.
+    return "xla"
   if static_sparsity(w) < NATIVE_MIN_SPARSITY:
     return "dense"
-  out = jnp.result_type(x.dtype, w.values.dtype)
-  if not native.sparse_conv_supported(x.dtype, out):
+  if not kernel.native_takes_dtypes(x, w, bias):
     return "xla"
   if native.available():
     return "native"
@@ -165,7 +166,7 @@ def sparse_conv2d(
   if impl not in SPARSE_CONV_IMPLS:
     raise ValueError(f"impl must be one of {SPARSE_CONV_IMPLS}; got {impl!r}.")
   conv_output_geometry(x.shape[1:3], w.kernel_shape[:2], pair(strides, "strides"), padding)
-  impl = choose_sparse_conv_impl(impl, x, w)
+  impl = choose_sparse_conv_impl(impl, x, w, bias)
   if impl == "native":
     return kernel.sparse_conv2d_native(x, w, strides, padding, bias, relu)
   if impl == "dense":

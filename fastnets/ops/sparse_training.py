@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from fastnets.ops.pruning import default_prunable, path_to_str
+from fastnets.ops.pruning import default_prunable, mask_tree, path_to_str
 
 __all__ = [
     "DSTSchedule",
@@ -297,12 +297,6 @@ class DSTState(NamedTuple):
   inner_state: Any
 
 
-def _where_masks(masks, a, b):
-  """where(mask, a, b) on masked leaves, `a` elsewhere."""
-  return jax.tree.map(lambda m, x, y: x if m is None else jnp.where(m, x, y.astype(x.dtype)),
-                      masks, a, b, is_leaf=lambda x: x is None)
-
-
 def dynamic_sparse_training(tx: optax.GradientTransformation, masks: PyTree, schedule,
                             method: str = "rigl",
                             key: jax.Array | None = None) -> optax.GradientTransformation:
@@ -336,10 +330,9 @@ def dynamic_sparse_training(tx: optax.GradientTransformation, masks: PyTree, sch
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("dynamic_sparse_training needs params: call update(grads, state, params).")
-    zeros = jax.tree.map(jnp.zeros_like, updates)
-    g = _where_masks(state.masks, updates, zeros)
+    g = mask_tree(state.masks, updates)
     u, inner = tx.update(g, state.inner_state, params)
-    u = _where_masks(state.masks, u, zeros)
+    u = mask_tree(state.masks, u)
     candidate = jax.tree.map(lambda p, d: p + d.astype(p.dtype), params, u)
     rate = schedule.death_rate_at(state.count)
     new_masks = lax.cond(
@@ -350,7 +343,7 @@ def dynamic_sparse_training(tx: optax.GradientTransformation, masks: PyTree, sch
     both = jax.tree.map(lambda a, b: None if a is None else a & b, state.masks, new_masks,
                         is_leaf=lambda x: x is None)
     neg = jax.tree.map(lambda p: -p, params)
-    u = _where_masks(both, u, neg)
+    u = mask_tree(both, u, neg)
     return u, DSTState(state.count + 1, state.key, new_masks, inner)
 
   return optax.GradientTransformation(init, update)

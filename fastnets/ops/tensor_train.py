@@ -22,7 +22,13 @@ import jax.numpy as jnp
 import opt_einsum
 
 from fastnets.ops.einsum_plans import ContractionPlan, contraction_plan
-from fastnets.ops.factorization import as_factors, check_same_modes, normal_draws, rescale_to_sqnorm
+from fastnets.ops.factorization import (
+  as_factors,
+  check_matmul_input,
+  check_same_modes,
+  normal_draws,
+  rescale_to_sqnorm,
+)
 
 __all__ = ["tt_dense", "tt_init", "tt_init_stddevs", "tt_matmul", "tt_matmul_flops",
            "tt_num_params", "tt_rescale_to_norm", "tt_shapes", "tt_sqnorm"]
@@ -239,13 +245,7 @@ def tt_matmul(x: jax.Array, cores: Sequence[jax.Array], *, optimize: str = "opti
     TypeError / ValueError: malformed cores, or x.shape[-1] != prod(I_n).
   """
   i_f, j_f, ranks = _check_tt(cores)
-  x = jnp.asarray(x)
-  if x.ndim < 1 or x.shape[-1] != math.prod(i_f):
-    raise ValueError(
-        f"x must have shape (..., I) with I = prod of the cores' input sizes {i_f} = "
-        f"{math.prod(i_f)}, got shape {x.shape}.")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f"x must be a floating-point array, got dtype {x.dtype}.")
+  x = check_matmul_input(x, i_f, "cores'")
   lead = x.shape[:-1]
   batch = math.prod(lead)
   plan = tt_matmul_flops(batch, i_f, j_f, ranks, optimize)
