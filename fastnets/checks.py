@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "check_choice",
     "check_key",
+    "check_sparsity",
     "is_power_of_two",
     "next_power_of_two",
     "pair",
@@ -129,3 +130,12 @@ def check_key(key: Any, fn: str, *, purpose: str = "it", optional: bool = False)
   raise TypeError(
       f"{fn}: key must be a jax.random key (jax.random.key(seed)) or a raw uint32 key "
       f"(jax.random.PRNGKey(seed)), got {desc}.")
+
+
+def check_sparsity(sparsity: Any, name: str = "sparsity") -> None:
+  """Raises unless `sparsity` is a concrete number in [0, 1); a traced value is not checked."""
+  if isinstance(sparsity, jax.core.Tracer):
+    return
+  s = np.asarray(sparsity)
+  if s.ndim != 0 or not np.isfinite(s) or not 0.0 <= float(s) < 1.0:
+    raise ValueError(f"{name} must be a number in [0, 1); got {sparsity!r}.")

@@ -40,10 +40,13 @@ from fastnets.ops.low_precision import (  # noqa: F401
 
 # Pruning and direct sparse convolution (Zhu & Gupta 2017; Escort, Chen 2018).
 from fastnets.ops.pruning import (  # noqa: F401
-    apply_masks, default_prunable, format_sparsity_report, gradual_magnitude_pruning,
-    magnitude_mask, magnitude_masks, magnitude_prune, masked_updates, pruning_masks,
-    sparsity_report, zhu_gupta_sparsity, ZhuGuptaSchedule,
+    apply_masks, default_prunable, magnitude_mask, magnitude_masks, magnitude_prune, mask_tree,
 )
+from fastnets.ops.pruning_optim import (  # noqa: F401
+    gradual_magnitude_pruning, masked_updates, pruning_masks,
+)
+from fastnets.ops.pruning_schedules import zhu_gupta_sparsity, ZhuGuptaSchedule  # noqa: F401
+from fastnets.ops.sparsity_report import format_sparsity_report, sparsity_report  # noqa: F401
 from fastnets.ops.sparse_conv import (  # noqa: F401
     sparse_conv2d, sparse_conv2d_reference, SparseKernel, to_dense, to_sparse_kernel,
 )
@@ -135,7 +138,7 @@ __all__ = [
     "FixedPoint", "FLOAT16", "FLOAT32", "FloatFormat", "Format", "format_sparsity_report",
     "FP16_WANG", "FP8_E4M3", "FP8_E5M2", "fwht", "generator_loss", "gradual_magnitude_pruning",
     "hadamard_matrix", "is_representable", "kernel_pooling_matrix", "low_precision_updates",
-    "magnitude_mask", "magnitude_masks", "magnitude_prune", "masked_updates", "maxout",
+    "magnitude_mask", "magnitude_masks", "magnitude_prune", "mask_tree", "masked_updates", "maxout",
     "mode_collapse_metrics", "mode_histogram", "next_power_of_two", "num_packs", "pack",
     "pad_to_power_of_two", "pool_input", "pool_kernel", "pooled_size", "pruning_masks",
     "QuantConfig", "quantize", "quantize_grad", "quantize_tree",
