@@ -15,8 +15,9 @@ host's batch preparation. For each seed the baseline and every schedule run one 
 so each seed is one interleaved round; the report judges the per-round ratios of measured
 training time (schedule / baseline of the same seed) and their 95% interval. The estimate from
 step times, 1 - ((1 - f) t_full + f t_down) / t_full for a downsampled fraction f, is kept in
-results.json (`time_saving_same_run`) but not judged. The runs share a temporary
-XLA compilation cache (`_compilation_cache`), which shortens the experiment, not the timed steps.
+results.json (`time_saving_same_run`) but not judged. The runs share a temporary XLA
+compilation cache (`common.compilation_cache`), which shortens the experiment, not the timed
+steps.
 
 Accuracy: `accuracy_change_points` is the mean over seeds of the schedule's test accuracy
 minus the baseline's of the same seed (same initialisation and batches), in points;
@@ -34,12 +35,9 @@ Writes to --workdir: results.json (metrics.<baseline|schedule> = {wall_time_s, t
 and time_vs_accuracy.png.
 """
 
-import contextlib
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
@@ -72,7 +70,7 @@ DEFAULTS = {
     "kernel_target": 0,        # 0: ceil(k / 2) (3x3 -> 2x2); n: every kernel pooled to n x n.
     "rescale": True,           # Pooled kernels keep the sum of their taps.
     "update_batch_stats": False,  # Downsampled steps do not touch the BN running statistics.
-    "compilation_cache": True,  # A temporary XLA cache shared by the runs (see _compilation_cache).
+    "compilation_cache": True,  # A temporary XLA cache shared by the runs (see common).
     "log_every": 500,
     "eval_every": 0,
     "checkpoint_every": 0,
@@ -103,37 +101,6 @@ PAPER = {"claim": "dynamic input and kernel downsampling: up to 23% less trainin
          "cost_model": "2x input downsampling with 3x3 -> 2x2 kernels: ~1/4 x 4/9 = 11% of a "
                        "full step's conv FLOPs"}
 TIME_TARGET, ACC_TOLERANCE = 0.15, 0.005
-
-
-@contextlib.contextmanager
-def _compilation_cache(enabled: bool):
-  """A fresh, temporary persistent compilation cache for the duration of a run.
-
-  `fit` jits its init, train and eval steps anew for every run; the runs of one experiment (the
-  baseline and every schedule, every seed) compile the same programs again and again, which on
-  2 CPU cores costs more than their training. Within this context, a program compiled once is
-  loaded from the cache afterwards. Compilation is excluded from the measured training times
-  either way, so this changes only the experiment's total wall time. Does nothing if disabled or
-  if the user configured a cache directory; the directory is deleted and the settings restored on
-  exit.
-  """
-  if not enabled or jax.config.jax_compilation_cache_dir:
-    yield
-    return
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  old_min_time = jax.config.jax_persistent_cache_min_compile_time_secs
-  path = tempfile.mkdtemp(prefix="fastnets_dds_xla_cache_")
-  try:
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    cc.reset_cache()
-    yield
-  finally:
-    jax.config.update("jax_compilation_cache_dir", None)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min_time)
-    cc.reset_cache()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class StepTimer:
@@ -250,7 +217,7 @@ def run(config: dict) -> dict:
   specs = ["none"] + [s for s in config["schedules"] if s != "none"]
   names = ["baseline" if s == "none" else _schedule_name(s) for s in specs]
   runs = {name: [] for name in names}
-  with _compilation_cache(config["compilation_cache"]):
+  with common.compilation_cache(config["compilation_cache"]):
     for seed in config["seeds"]:
       for name, spec in zip(names, specs):
         out = _train_one(model, dataset, config, spec, seed)

@@ -217,37 +217,39 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
   start = time.time()
   all_results, rows, sections, failed, reused = {}, [], [], [], []
   done_expected = 0.0
-  for index, name in enumerate(names):
-    module, config = modules[name], configs[name]
-    print(progress_line(index, names, time.time() - start, done_expected), flush=True)
-    t0 = time.time()
-    try:
-      # The config as results.json records it (write_results stores the merged config).
-      previous = (reusable_results(os.path.join(workdir, name, "results.json"),
-                                   common.merge_config(module.DEFAULTS, config))
-                  if reuse else None)
-      if previous is not None:
-        reused.append(name)
-        results = previous
-      else:
-        results = module.run(config)
-      all_results[name] = results
-      rows.extend(checked_rows(name, module.report_rows(results), smoke))
-    except Exception as e:  # The report records the failure and goes on with the others.
-      failed.append(name)
-      all_results[name] = {"error": f"{type(e).__name__}: {e}"}
-      rows.append(dict(_failure_row(name, e, smoke), experiment=name))
-      traceback.print_exc()
-    if name not in reused:  # Reused results took no time here: they do not set the pace.
-      done_expected += EXPECTED_S.get(name, DEFAULT_EXPECTED_S)
-    took = (f"reused: results written {all_results[name].get('date')} in "
-            f"{all_results[name].get('wall_time_s', 0):.0f} s" if name in reused
-            else f"{time.time() - t0:.0f} s here")
-    section = [f"### {name}", "", f"`python -m experiments.{name} --workdir=DIR --quick` "
-               f"({took}). Results: `{name}/results.json`.", ""]
-    for label, path in (all_results[name].get("plots") or {}).items():
-      section.append(f"![{label}]({os.path.relpath(path, workdir)})")
-    sections.append("\n".join(section))
+  # One compilation cache for the whole run: experiments share programs (e.g. the MNIST CNNs).
+  with common.compilation_cache():
+    for index, name in enumerate(names):
+      module, config = modules[name], configs[name]
+      print(progress_line(index, names, time.time() - start, done_expected), flush=True)
+      t0 = time.time()
+      try:
+        # The config as results.json records it (write_results stores the merged config).
+        previous = (reusable_results(os.path.join(workdir, name, "results.json"),
+                                     common.merge_config(module.DEFAULTS, config))
+                    if reuse else None)
+        if previous is not None:
+          reused.append(name)
+          results = previous
+        else:
+          results = module.run(config)
+        all_results[name] = results
+        rows.extend(checked_rows(name, module.report_rows(results), smoke))
+      except Exception as e:  # The report records the failure and goes on with the others.
+        failed.append(name)
+        all_results[name] = {"error": f"{type(e).__name__}: {e}"}
+        rows.append(dict(_failure_row(name, e, smoke), experiment=name))
+        traceback.print_exc()
+      if name not in reused:  # Reused results took no time here: they do not set the pace.
+        done_expected += EXPECTED_S.get(name, DEFAULT_EXPECTED_S)
+      took = (f"reused: results written {all_results[name].get('date')} in "
+              f"{all_results[name].get('wall_time_s', 0):.0f} s" if name in reused
+              else f"{time.time() - t0:.0f} s here")
+      section = [f"### {name}", "", f"`python -m experiments.{name} --workdir=DIR --quick` "
+                 f"({took}). Results: `{name}/results.json`.", ""]
+      for label, path in (all_results[name].get("plots") or {}).items():
+        section.append(f"![{label}]({os.path.relpath(path, workdir)})")
+      sections.append("\n".join(section))
 
   devices = common.devices_record()
   setting = "SMOKE settings: numbers are meaningless" if smoke else "quick settings"

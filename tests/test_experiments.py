@@ -114,3 +114,23 @@ def test_every_flag_has_help(name):
   documented = {**common.config_comments(module), **getattr(module, "HELP", {})}
   missing = [k for k in module.DEFAULTS if k not in common.TRAIN_DEFAULTS and k not in documented]
   assert not missing, f"{name}: DEFAULTS keys without a help comment: {missing}"
+
+
+def test_compilation_cache_lets_every_seed_reuse_the_first_seeds_programs(mnist, tiny_cnn):
+  """`fit` passes its keys as arguments, so seed 1 runs seed 0's programs: inside
+  `common.compilation_cache` its init, train and eval programs all come from the cache."""
+  import dataclasses
+
+  from jax import monitoring
+
+  events = []
+  monitoring.register_event_listener(lambda name, **kw: events.append(name))
+  config = train.TrainConfig(steps=2, batch_size=16, eval_batch_size=1000, learning_rate=1e-3,
+                             log_every=1, eval_every=0, checkpoint_every=0)
+  with common.compilation_cache(min_compile_time_s=0):
+    train.fit(tiny_cnn, mnist, config, verbose=False)
+    events.clear()
+    train.fit(tiny_cnn, mnist, dataclasses.replace(config, seed=1), verbose=False)
+  hits = events.count("/jax/compilation_cache/cache_hits")
+  misses = events.count("/jax/compilation_cache/cache_misses")
+  assert hits >= 3 and misses == 0, (hits, misses)

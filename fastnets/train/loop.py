@@ -38,7 +38,7 @@ from fastnets.train.steps import (
   init_key,
   init_train_state,
   make_eval_step,
-  make_train_step,
+  make_keyed_train_step,
 )
 
 Callback = Callable[[int, TrainState], Optional[TrainState]]
@@ -198,9 +198,10 @@ def fit(model: nn.Module,
     tx = tx_wrapper(tx)
 
   sample = next(eval_batches(dataset, dataset.train, 1))["image"]
-  key = init_key(config.seed)
-  state = jax.jit(lambda x: init_train_state(model, tx, key, x),
-                  out_shardings=shd.replicated(mesh))(jnp.asarray(sample))
+  # Keys are arguments, not constants, so that every seed runs the same compiled programs (one
+  # compilation per configuration when a persistent compilation cache is on).
+  state = jax.jit(lambda k, x: init_train_state(model, tx, k, x),
+                  out_shardings=shd.replicated(mesh))(init_key(config.seed), jnp.asarray(sample))
 
   # Metric names come from tracing one variant once (shapes only, nothing runs).
   first_loss = next(iter(step_variants.values()))
@@ -210,7 +211,8 @@ def fit(model: nn.Module,
                                        jax.random.key(0))
   metric_names = ["loss", "grad_norm", *aux_metrics]
   repl = shd.replicated(mesh)
-  steps_fn = {name: jax.jit(make_train_step(fn, tx, config.seed), donate_argnums=(0, 2),
+  run_key = jax.random.key(config.seed)
+  steps_fn = {name: jax.jit(make_keyed_train_step(fn, tx), donate_argnums=(0, 2),
                             out_shardings=(repl, repl))
               for name, fn in step_variants.items()}
   eval_step = jax.jit(make_eval_step(model), out_shardings=repl)
@@ -257,7 +259,8 @@ def fit(model: nn.Module,
       say(f"training {config.steps} steps on {n_devices} device(s) "
           f"({jax.devices()[0].platform}), batch {config.batch_size}, from step {step}")
     for batch in batches:
-      state, sums = steps_fn[choose_variant(step)](state, shd.shard_batch(batch, mesh), sums)
+      state, sums = steps_fn[choose_variant(step)](state, shd.shard_batch(batch, mesh), sums,
+                                                   run_key)
       step += 1
       for cb in callbacks:
         new_state = cb(step, state)
