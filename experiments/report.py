@@ -14,11 +14,13 @@ way, never by hand). `--only=baseline,revnet` runs a subset; `--smoke` the tiny 
 
 import importlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 import traceback
+from concurrent import futures
 
 import jax
 
@@ -92,19 +94,99 @@ def _minutes(seconds: float) -> str:
   return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def progress_line(index: int, names: list, elapsed: float, done_expected: float) -> str:
-  """`[4/14] pacgan ... 7:40 elapsed, about 12 min left`: the estimate is the expected time of the
-  experiments left, scaled by how this run's finished experiments compared with their expected
-  times."""
-  name = names[index]
-  left = sum(EXPECTED_S.get(n, DEFAULT_EXPECTED_S) for n in names[index:])
-  speed = elapsed / done_expected if done_expected > 0 else 1.0
-  return (f"[{index + 1}/{len(names)}] {name} ... {_minutes(elapsed)} elapsed, about "
-          f"{max(1, round(left * speed / 60))} min left")
+# Experiments whose rows hold no wall-clock measurement: the report runs them side by side
+# (`jobs` at a time, each on one XLA thread) before the others. Every experiment with a timing row
+# runs alone on all cores (never beside another job). `test_concurrent_experiments_time_nothing`
+# keeps timing code out of these modules.
+CONCURRENT_SAFE = frozenset({
+    "baseline", "bt_rnn", "pacgan", "low_precision", "deep_fried", "ffnet", "pkt", "lcw", "vcl",
+    "batchnorm_study", "free_tickets", "selective_conv",
+})
+# XLA:CPU on one thread, for experiments that run beside another: two one-thread jobs on 2 cores
+# finish sooner than the same jobs one after the other on two threads each.
+ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _failure_row(name: str, error: Exception, smoke: bool) -> dict:
-  return evidence.row(name, "(experiment failed)", "", f"FAILED: {type(error).__name__}: {error}",
+class Pace:
+  """Progress lines with an estimate of what is left:
+  `[4/26] pacgan starts ... 7:40 elapsed, about 12 min left`.
+
+  The estimate is the expected time (EXPECTED_S) of the experiments not yet finished, the
+  concurrent ones divided by `jobs`, scaled by how this run's finished experiments compared with
+  their expected times."""
+
+  def __init__(self, start: float, total: int, done: int, concurrent, alone, jobs: int):
+    self.start, self.total, self.done, self.jobs = start, total, done, max(1, jobs)
+    self.left = {n: EXPECTED_S.get(n, DEFAULT_EXPECTED_S) / (self.jobs if n in concurrent else 1)
+                 for n in list(concurrent) + list(alone)}
+    self.done_expected = 0.0
+
+  def finished(self, name: str) -> None:
+    self.done += 1
+    self.done_expected += self.left.pop(name, 0.0)
+
+  def line(self, name: str, event: str) -> str:
+    elapsed = time.time() - self.start
+    speed = elapsed / self.done_expected if self.done_expected > 0 else 1.0
+    left = sum(self.left.values()) * speed
+    index = self.done + (1 if event == "starts" else 0)
+    return (f"[{index}/{self.total}] {name} {event} ... {_minutes(elapsed)} elapsed, about "
+            f"{max(1, round(left / 60))} min left")
+
+
+def _error_text(error: BaseException) -> str:
+  return f"{type(error).__name__}: {error}"
+
+
+def _run_here(module, config: dict) -> tuple:
+  """(results, error text or None, seconds, reused=False) of `module.run(config)` here."""
+  t0 = time.time()
+  try:
+    return module.run(config), None, time.time() - t0, False
+  except Exception as e:  # The report records the failure and goes on with the others.
+    traceback.print_exc()
+    return None, _error_text(e), time.time() - t0, False
+
+
+def _run_in_worker(package: str, name: str, config: dict) -> tuple:
+  return _run_here(importlib.import_module(f"{package}.{name}"), config)
+
+
+def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict:
+  """Runs `names` in `jobs` fresh processes (spawned, each XLA on one thread, sharing this run's
+  compilation cache); returns {name: outcome} as `_run_here` gives it."""
+  jax.devices()  # This process's XLA keeps its threads: it is set up before the flags change.
+  saved = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
+                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+  os.environ["XLA_FLAGS"] = f"{saved['XLA_FLAGS'] or ''} {ONE_THREAD_XLA_FLAGS}".strip()
+  if jax.config.jax_compilation_cache_dir:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(
+        jax.config.jax_persistent_cache_min_compile_time_secs)
+  outcomes = {}
+  try:
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+      running = {pool.submit(_run_in_worker, __package__, n, configs[n]): n for n in names}
+      for future in futures.as_completed(running):
+        name = running[future]
+        try:
+          outcomes[name] = future.result()
+        except Exception as e:  # The worker itself died (e.g. out of memory).
+          outcomes[name] = (None, _error_text(e), 0.0, False)
+        pace.finished(name)
+        print(pace.line(name, f"finished ({outcomes[name][2]:.0f} s)"), flush=True)
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  return outcomes
+
+
+def _failure_row(name: str, error: str, smoke: bool) -> dict:
+  return evidence.row(name, "(experiment failed)", "", f"FAILED: {error}",
                       scale="smoke" if smoke else "proxy",
                       setting=f"quick setting of experiments/{name}.py",
                       verdict=f"{evidence.INCONCLUSIVE} (experiment failed)")
@@ -183,7 +265,7 @@ def reusable_results(path: str, config: dict):
 
 
 def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, jobs: int = 2) -> dict:
   """Runs the experiments (quick or smoke settings) and writes workdir/report.md and report.json.
 
   With `reuse`, an experiment whose workdir already holds a results.json of exactly the same
@@ -215,41 +297,56 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
         "the report's workdir holds results of other configurations (nothing was run or "
         "changed):\n  " + "\n  ".join(mismatched))
   start = time.time()
-  all_results, rows, sections, failed, reused = {}, [], [], [], []
-  done_expected = 0.0
+  outcomes = {}  # name -> (results, error or None, seconds, reused)
+  pending = []
+  for name in names:
+    previous = (reusable_results(os.path.join(workdir, name, "results.json"),
+                                 common.merge_config(modules[name].DEFAULTS, configs[name]))
+                if reuse else None)
+    if previous is not None:
+      outcomes[name] = (previous, None, 0.0, True)
+    else:
+      pending.append(name)
+  concurrent = [n for n in pending if n in CONCURRENT_SAFE] if jobs > 1 else []
+  concurrent = concurrent if len(concurrent) > 1 else []
+  alone = [n for n in pending if n not in concurrent]
+  pace = Pace(start, len(names), len(outcomes), concurrent, alone, jobs)
   # One compilation cache for the whole run: experiments share programs (e.g. the MNIST CNNs).
   with common.compilation_cache():
-    for index, name in enumerate(names):
-      module, config = modules[name], configs[name]
-      print(progress_line(index, names, time.time() - start, done_expected), flush=True)
-      t0 = time.time()
+    if concurrent:
+      print(f"{len(concurrent)} experiments without timings run {jobs} at a time, each on one "
+            f"XLA thread: {', '.join(concurrent)}", flush=True)
+      outcomes.update(_run_concurrently(concurrent, configs, jobs, pace))
+    for name in alone:  # Timing experiments (and everything when jobs=1) run alone, on all cores.
+      print(pace.line(name, "starts"), flush=True)
+      outcomes[name] = _run_here(modules[name], configs[name])
+      pace.finished(name)
+
+  all_results, rows, sections, failed, reused = {}, [], [], [], []
+  for name in names:  # Report order, whatever order they ran in.
+    results, error, seconds, was_reused = outcomes[name]
+    module = modules[name]
+    if was_reused:
+      reused.append(name)
+    if error is None:
       try:
-        # The config as results.json records it (write_results stores the merged config).
-        previous = (reusable_results(os.path.join(workdir, name, "results.json"),
-                                     common.merge_config(module.DEFAULTS, config))
-                    if reuse else None)
-        if previous is not None:
-          reused.append(name)
-          results = previous
-        else:
-          results = module.run(config)
-        all_results[name] = results
         rows.extend(checked_rows(name, module.report_rows(results), smoke))
-      except Exception as e:  # The report records the failure and goes on with the others.
-        failed.append(name)
-        all_results[name] = {"error": f"{type(e).__name__}: {e}"}
-        rows.append(dict(_failure_row(name, e, smoke), experiment=name))
+      except Exception as e:  # A broken row fails its experiment, not the report.
+        error = _error_text(e)
         traceback.print_exc()
-      if name not in reused:  # Reused results took no time here: they do not set the pace.
-        done_expected += EXPECTED_S.get(name, DEFAULT_EXPECTED_S)
-      took = (f"reused: results written {all_results[name].get('date')} in "
-              f"{all_results[name].get('wall_time_s', 0):.0f} s" if name in reused
-              else f"{time.time() - t0:.0f} s here")
-      section = [f"### {name}", "", f"`python -m experiments.{name} --workdir=DIR --quick` "
-                 f"({took}). Results: `{name}/results.json`.", ""]
-      for label, path in (all_results[name].get("plots") or {}).items():
-        section.append(f"![{label}]({os.path.relpath(path, workdir)})")
-      sections.append("\n".join(section))
+    if error is not None:
+      failed.append(name)
+      results = {"error": error}
+      rows.append(dict(_failure_row(name, error, smoke), experiment=name))
+    all_results[name] = results
+    took = (f"reused: results written {results.get('date')} in "
+            f"{results.get('wall_time_s', 0):.0f} s" if was_reused
+            else f"{seconds:.0f} s here" + (f", {jobs} at a time" if name in concurrent else ""))
+    section = [f"### {name}", "", f"`python -m experiments.{name} --workdir=DIR --quick` "
+               f"({took}). Results: `{name}/results.json`.", ""]
+    for label, path in (results.get("plots") or {}).items():
+      section.append(f"![{label}]({os.path.relpath(path, workdir)})")
+    sections.append("\n".join(section))
 
   devices = common.devices_record()
   setting = "SMOKE settings: numbers are meaningless" if smoke else "quick settings"
@@ -283,7 +380,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   out = common.exit_on_user_error(
       lambda: run_all(flags.FLAGS.workdir, flags.FLAGS.only, flags.FLAGS.smoke,
-                      flags.FLAGS.reuse, flags.FLAGS.overwrite), flags.FLAGS.debug)
+                      flags.FLAGS.reuse, flags.FLAGS.overwrite, flags.FLAGS.jobs),
+      flags.FLAGS.debug)
   if flags.FLAGS.results_doc:
     command = ("python -m experiments.report --workdir=runs/report "
                + ("--reuse " if flags.FLAGS.reuse else "")
@@ -305,5 +403,8 @@ if __name__ == "__main__":
                       "with its plots copied into results/ beside it")
   flags.DEFINE_bool("overwrite", False, "replace results of other configurations in the "
                     "experiments' workdirs (without it, the report refuses them)")
+  flags.DEFINE_integer("jobs", 2, "experiments without timing rows run this many at a time, each "
+                       "on one XLA thread; the others always run alone (1: all one after another)",
+                       lower_bound=1)
   flags.DEFINE_bool("debug", False, "show the traceback of a user error instead of one line")
   app.run(main, flags_parser=common.parse_flags_or_exit)

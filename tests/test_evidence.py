@@ -147,10 +147,18 @@ def test_report_rejects_a_row_without_verdict():
 
 
 def test_progress_line_estimates_what_is_left():
+  import time
+
   from experiments import report
-  line = report.progress_line(1, ["baseline", "pacgan", "ffnet"], 120.0,
-                              report.EXPECTED_S["baseline"])
-  assert line.startswith("[2/3] pacgan ... 2:00 elapsed, about ") and line.endswith("min left")
+  expected = report.EXPECTED_S
+  # pacgan and ffnet side by side (2 jobs); baseline, alone, took twice its expected time.
+  pace = report.Pace(time.time() - 2 * expected["baseline"], 4, 0, ["pacgan", "ffnet"],
+                     ["baseline", "bench_rounding"], jobs=2)
+  pace.finished("baseline")
+  line = pace.line("pacgan", "starts")
+  left = 2 * ((expected["pacgan"] + expected["ffnet"]) / 2 + expected["bench_rounding"])
+  assert line.startswith("[2/4] pacgan starts ... ") and line.endswith(
+      f"elapsed, about {round(left / 60)} min left"), line
 
 
 # --- timing ratios ----------------------------------------------------------------------------

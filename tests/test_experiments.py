@@ -37,10 +37,14 @@ def test_experiment_smoke(name, tmp_path):
 
 
 def test_report_smoke_writes_markdown(tmp_path):
-  out = report.run_all(str(tmp_path), only=["baseline", "bench_rounding"], smoke=True)
+  # baseline and low_precision run side by side in two worker processes, bench_rounding alone.
+  out = report.run_all(str(tmp_path), only=["baseline", "low_precision", "bench_rounding"],
+                       smoke=True, jobs=2)
   text = open(out["report"]).read()
   assert "| technique | claim | scale | setting | paper | ours | verdict |" in text
   assert "## Summary" in text and "Baseline CNN" in text and not out["failed"]
+  sections = [text.index(f"### {n}") for n in ("baseline", "low_precision", "bench_rounding")]
+  assert sections == sorted(sections) and text.count("2 at a time") == 2
   assert sum(out["counts"].values()) == len(out["rows"]) and all(
       r["scale"] == "smoke" for r in out["rows"])
   doc = report.write_results_doc(out["report"], str(tmp_path / "docs" / "RESULTS.md"), "cmd")
@@ -134,3 +138,13 @@ def test_compilation_cache_lets_every_seed_reuse_the_first_seeds_programs(mnist,
   hits = events.count("/jax/compilation_cache/cache_hits")
   misses = events.count("/jax/compilation_cache/cache_misses")
   assert hits >= 3 and misses == 0, (hits, misses)
+
+
+@pytest.mark.parametrize("name", sorted(report.CONCURRENT_SAFE))
+def test_concurrent_experiments_time_nothing(name):
+  """The report runs these beside another job: none may hold a timing measurement."""
+  source = open(os.path.join(REPO, "experiments", f"{name}.py")).read()
+  for marker in ("benchmarking", "perf_counter", "time_interleaved", "StepTimer", "step_time",
+                 "speedup"):
+    assert marker not in source, f"{name} times something ({marker!r}): remove it from " \
+                                 "report.CONCURRENT_SAFE"
