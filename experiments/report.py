@@ -99,8 +99,8 @@ def _minutes(seconds: float) -> str:
 # runs alone on all cores (never beside another job). `test_concurrent_experiments_time_nothing`
 # keeps timing code out of these modules.
 CONCURRENT_SAFE = frozenset({
-    "baseline", "bt_rnn", "pacgan", "low_precision", "deep_fried", "ffnet", "pkt", "lcw", "vcl",
-    "batchnorm_study", "free_tickets", "selective_conv",
+    "baseline", "bt_rnn", "revnet", "pacgan", "low_precision", "deep_fried", "ffnet", "pkt", "lcw",
+    "vcl", "batchnorm_study", "free_tickets", "selective_conv",
 })
 # XLA:CPU on one thread, for experiments that run beside another: two one-thread jobs on 2 cores
 # finish sooner than the same jobs one after the other on two threads each.

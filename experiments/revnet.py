@@ -1,4 +1,4 @@
-"""RevNet vs the ResNet of the same depth: accuracy, train-step memory and step time.
+"""RevNet vs the ResNet of the same depth: accuracy and train-step memory.
 
     python -m experiments.revnet --workdir=runs/revnet --quick    # bundled MNIST, ~3 min on 2 CPUs
     python -m experiments.revnet --workdir=runs/revnet            # CIFAR-10 (tfds), paper schedule
@@ -21,9 +21,11 @@ For every RevNet named in `revnets` (`fastnets.models.revnet`) and its matching 
    `jax.jit(step).lower(...).compile().memory_analysis()`: `temp_bytes` (activations and
    workspace: what reversible backprop saves), argument/output bytes and XLA's own peak figure;
    the RevNet also with `backprop="store"` (plain autodiff of the identical network, the cleanest
-   measure of the saving) unless `store_baseline` is off;
-3. times that compiled step (warm-up, then the median of `timing_repeats` calls, the models
-   interleaved so machine drift hits them alike), starting from the trained states.
+   measure of the saving) unless `store_baseline` is off.
+
+The paper's cost claim (rebuilding activations costs about one extra forward pass) is a timing:
+`bench_reversible` judges it (reversible vs plain backprop of the same stack at several depths,
+interleaved rounds). Nothing here is timed, so the report can run this experiment beside another.
 
 Full setting (DEFAULTS): the paper's CIFAR schedule [PAPERS.md]: batch 100, SGD momentum 0.9,
 weight decay 2e-4, learning rate 0.1, x0.1 at 40k and 60k steps, 80k steps, random crop + flip;
@@ -42,34 +44,27 @@ Quick setting (the report's), with these deviations from the paper, all for time
   seed-to-seed spread is large: the claim is judged on the paired per-seed gap over five
   evaluation seeds and its 95% interval (test split), all seeds in one program per model;
 * training unrolls the reversible stacks (`train_unroll`: the same arithmetic and gradients as
-  the loop, much faster on XLA:CPU); memory and step time are measured on the looped model, the
-  form whose memory does not grow with depth;
-* memory and step time measured at the training batch (32), 7 interleaved timed rounds after 2
-  warm-ups.
+  the loop, much faster on XLA:CPU); memory is measured on the looped model, the form whose
+  memory does not grow with depth, at the training batch (32).
 Why it has to be this small: on XLA:CPU the convolution *gradients* inside a `lax.scan` body stay
 in a slow non-canonical form (outside a loop XLA rewrites them to its fast convolution kernels),
 and a RevNet's reversible stacks are scans (forward and rebuilding backward pass; also with
-`backprop="store"`); `tools/measure_revnet_unroll.py` measures the cost. The quick
-RevNet-vs-ResNet step times are therefore not the paper's "one extra forward pass" cost; the
-`store` vs `reversible` ratio of the same network (both in scans) is the fairer measure of that.
+`backprop="store"`); `tools/measure_revnet_unroll.py` measures the cost.
 
 Writes to --workdir: results.json (metrics.<model name> = {test_accuracy (mean over seeds),
-test_accuracy_per_seed, params, temp_bytes,
-step_time_s, ...} for e.g. "revnet38" and "resnet32", and a `summary` of the comparisons),
-revnet.png (training loss, accuracy, memory and step time), and per model a subdirectory with
-fit's checkpoints and TensorBoard events (rerun to resume the full setting).
+test_accuracy_per_seed, params, temp_bytes, ...} for e.g. "revnet38" and "resnet32", and a
+`summary` of the comparisons), revnet.png (training loss, accuracy and memory), and per model a
+subdirectory with fit's checkpoints and TensorBoard events (rerun to resume the full setting).
 """
 
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import benchmarking, data, evidence, models, train
+from fastnets import data, evidence, models, train
 from fastnets.models.revnet import RESNET_BASELINES, REVNET_CONFIGS
 
 from . import common
@@ -98,7 +93,6 @@ DEFAULTS = {
     "units": [],  # RevNet units per stage; empty: the paper's (3-3-3 or 9-9-9)
     "resnet_depth": 0,  # 0: the paper's matching depth (32, 110, 164)
     "memory_batch": 0,  # 0: batch_size
-    "timing_repeats": 10,  # timed train-step rounds per model (median), after 2 warm-ups
     "store_baseline": True,  # also measure the RevNet with plain autodiff (backprop="store")
     "seeds": [0, 1, 2, 3, 4],  # evaluation seeds (5: the claimed gap is under one point)
     "train_unroll": False,  # train with unrolled reversible stacks (fast on XLA:CPU)
@@ -107,7 +101,7 @@ QUICK = {
     "dataset": "mnist_bundled", "revnets": ["revnet38"], "width_divisor": 4, "steps": 200,
     "batch_size": 32, "optimizer": "adam", "learning_rate": 1e-2, "schedule": "cosine",
     "weight_decay": 0.0, "augment": "none", "log_every": 25, "eval_every": 0,
-    "checkpoint_every": 0, "timing_repeats": 7, "seeds": [0, 1, 2, 3, 4], "train_unroll": True,
+    "checkpoint_every": 0, "seeds": [0, 1, 2, 3, 4], "train_unroll": True,
 }
 # Where the QUICK learning rate came from (results.json `tuning`): not from a validation sweep.
 QUICK_TUNING = {
@@ -119,7 +113,7 @@ QUICK_TUNING = {
 }
 # Smoke: a RevNet-18 (units 2-1-1: one reversible block) against a ResNet-8, width / 8.
 SMOKE = {**QUICK, "width_divisor": 8, "units": [2, 1, 1], "resnet_depth": 8, "steps": 2,
-         "batch_size": 8, "eval_batch_size": 500, "log_every": 1, "timing_repeats": 1,
+         "batch_size": 8, "eval_batch_size": 500, "log_every": 1,
          "seeds": [0]}
 
 # Gomez et al. 2017 as digested in docs/PAPERS.md. The CIFAR error table is marked
@@ -203,64 +197,41 @@ def build_pair(revnet_name: str, num_classes: int, width_divisor: int = 1, units
 
 
 # ------------------------------------------------------------------------------------------------
-# Compiled train-step memory and step time.
+# Compiled train-step memory.
 
 
-def _step_setup(model, state: train.TrainState, tcfg: train.TrainConfig, batch: dict):
-  """The train step of `fit` (same loss, optimizer, donation), compiled; and its inputs."""
+def _step_memory(model, state: train.TrainState, tcfg: train.TrainConfig, batch: dict) -> dict:
+  """Memory analysis of the train step of `fit` (same loss, optimizer, donation), compiled."""
   tx = train.make_optimizer(tcfg)
   state = jax.tree.map(jnp.copy, state)  # donated below: the caller's state stays valid
   step = jax.jit(train.make_train_step(train.classification_loss(model), tx, tcfg.seed),
                  donate_argnums=(0, 2))
   sums = train.empty_metric_sums(["loss", "grad_norm", "accuracy"])
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch, sums).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
+  mem = step.lower(state, batch, sums).compile().memory_analysis()
   record = {
       "temp_bytes": int(mem.temp_size_in_bytes),
       "argument_bytes": int(mem.argument_size_in_bytes),
       "output_bytes": int(mem.output_size_in_bytes),
       "alias_bytes": int(mem.alias_size_in_bytes),
       "xla_peak_bytes": int(getattr(mem, "peak_memory_in_bytes", -1) or -1),
-      "compile_s": compile_s,
   }
-  return compiled, [state, sums], record
+  return record
 
 
-def measure_steps(named_models: dict, tcfg: train.TrainConfig, batch: dict, repeats: int) -> dict:
-  """Memory analysis and median step time of each model's compiled train step at `batch`.
+def compiled_memory(named_models: dict, tcfg: train.TrainConfig, batch: dict) -> dict:
+  """Memory analysis of each model's compiled train step at `batch`.
 
   Args:
     named_models: label -> (Linen model, its `TrainState`, e.g. `fit`'s final state; copied, not
       consumed). Reusing fit's state spares compiling an initialisation per model.
     tcfg: the training configuration (optimizer and seed of the step).
     batch: {"image": (B, H, W, C) float32, "label": (B,) int32}, the same for every model.
-    repeats: timed calls per model after two warm-up calls; the models are interleaved.
 
   Returns:
-    label -> {temp_bytes, argument_bytes, output_bytes, alias_bytes, xla_peak_bytes, compile_s,
-    step_time_s, step_times_s}.
+    label -> {temp_bytes, argument_bytes, output_bytes, alias_bytes, xla_peak_bytes}.
   """
-  setups = {name: _step_setup(model, state, tcfg, batch)
-            for name, (model, state) in named_models.items()}
-
-  def call(name):
-    compiled, carry, _ = setups[name]
-    carry[0], carry[1] = compiled(carry[0], batch, carry[1])  # donated: carry the outputs on
-    return carry[0]
-
-  for name in setups:
-    for _ in range(2):
-      jax.block_until_ready(call(name))
-  times = {name: [] for name in setups}
-  for _ in range(repeats):
-    for name in setups:
-      t0 = time.perf_counter()
-      jax.block_until_ready(call(name))
-      times[name].append(time.perf_counter() - t0)
-  return {name: {**setups[name][2], "step_time_s": statistics.median(times[name]),
-                 "step_times_s": times[name]} for name in setups}
+  return {name: _step_memory(model, state, tcfg, batch)
+          for name, (model, state) in named_models.items()}
 
 
 def _count(params) -> int:
@@ -276,7 +247,7 @@ def _plot(metrics: dict, history: dict, pairs: list, path: str, title: str) -> s
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
   names = [n for pair in pairs for n in pair]
   colors = {n: f"C{i}" for i, n in enumerate(names)}
   for name in names:
@@ -296,7 +267,7 @@ def _plot(metrics: dict, history: dict, pairs: list, path: str, title: str) -> s
   axes[1].set_ylim(max(0.0, lo - 3 * max(1.0, max(acc) - lo)), min(100.0, max(acc) + 1))
   axes[1].set(xticks=x, xticklabels=names, ylabel="test accuracy (%)",
               title="test accuracy (mean, seeds as dots)")
-  # Memory and time: the RevNet also with plain backprop ("store") of the identical network.
+  # Memory: the RevNet also with plain backprop ("store") of the identical network.
   bars = []
   for rev, res in pairs:
     bars.append((rev, metrics[rev]))
@@ -308,9 +279,6 @@ def _plot(metrics: dict, history: dict, pairs: list, path: str, title: str) -> s
   axes[2].bar(xb, [m["temp_bytes"] / 2**20 for _, m in bars], color=bar_colors)
   axes[2].set(xticks=xb, xticklabels=[label for label, _ in bars], ylabel="MiB",
               title="train-step temp memory (compiled)")
-  axes[3].bar(xb, [m["step_time_s"] * 1e3 for _, m in bars], color=bar_colors)
-  axes[3].set(xticks=xb, xticklabels=[label for label, _ in bars], ylabel="ms",
-              title="median train-step time")
   for ax in axes:
     ax.grid(alpha=0.3, axis="y")
   for ax in axes[1:]:
@@ -370,15 +338,15 @@ def run(config: dict) -> dict:
       states[name] = out["state"]
       print(f"{name}: test accuracy over seeds {out['test_accuracy']} "
             f"({metrics[name]['params']:,} params, {out['wall_time_s']:.0f} s)", flush=True)
-    # Memory and step time of the compiled train step, from the trained states; the RevNet also
-    # with plain autodiff ("store"): the identical network and variables.
+    # Memory of the compiled train step, from the trained states; the RevNet also with plain
+    # autodiff ("store"): the identical network and variables.
     named = {rev_name: (rev, states[rev_name]), res_name: (res, states[res_name])}
     if config["store_baseline"]:
       named[f"{rev_name}_store"] = (rev.clone(backprop="store"), states[rev_name])
-    cost = measure_steps(named, tcfg, batch, config["timing_repeats"])
+    cost = compiled_memory(named, tcfg, batch)
     del states
-    print(", ".join(f"{n}: temp {c['temp_bytes'] / 2**20:.2f} MiB, step "
-                    f"{c['step_time_s'] * 1e3:.0f} ms" for n, c in cost.items()), flush=True)
+    print(", ".join(f"{n}: temp {c['temp_bytes'] / 2**20:.2f} MiB" for n, c in cost.items()),
+          flush=True)
     for name in (rev_name, res_name):
       metrics[name].update(cost[name])
     if config["store_baseline"]:
@@ -393,11 +361,9 @@ def run(config: dict) -> dict:
          "accuracy_gap_points_per_seed": [100 * (x - y) for x, y in zip(
              r["test_accuracy_per_seed"], b["test_accuracy_per_seed"])],
          "temp_memory_vs_resnet": r["temp_bytes"] / b["temp_bytes"],
-         "step_time_vs_resnet": r["step_time_s"] / b["step_time_s"],
          "params_vs_resnet": r["params"] / b["params"]}
     if "store_backprop" in r:
       s["temp_memory_vs_store"] = r["temp_bytes"] / r["store_backprop"]["temp_bytes"]
-      s["step_time_vs_store"] = r["step_time_s"] / r["store_backprop"]["step_time_s"]
     if config["dataset"] == "cifar10":
       s["paper_cifar10_error_gap_points"] = (PAPER_CIFAR10_ERROR[paper_res]
                                              - PAPER_CIFAR10_ERROR[paper_rev])
@@ -408,7 +374,7 @@ def run(config: dict) -> dict:
     plots["revnet"] = _plot(
         metrics, history, pairs, os.path.join(workdir, "revnet.png"),
         f"RevNet vs ResNet on {dataset.name}: {config['steps']} steps, batch "
-        f"{config['batch_size']}, widths / {config['width_divisor']}; memory and time at batch "
+        f"{config['batch_size']}, widths / {config['width_divisor']}; memory at batch "
         f"{memory_batch} on {jax.devices()[0].platform}")
   return common.write_results(
       workdir, NAME, config, metrics, PAPER, clock(), summary=summary, history=history,
@@ -423,8 +389,8 @@ def _mib(n: float) -> str:
 
 
 def report_rows(results: dict) -> list[dict]:
-  """Per pair: accuracy (paired over seeds, 95% interval), train-step memory (compiled,
-  deterministic) and step time (per-round ratios of interleaved calls)."""
+  """Per pair: accuracy (paired over seeds, 95% interval) and train-step memory (compiled,
+  deterministic). The step-time claim is bench_reversible's."""
   m, cfg = results["metrics"], results["config"]
   scale = "paper" if (cfg["dataset"] == "cifar10" and cfg["width_divisor"] == 1
                       and cfg["steps"] >= 80000) else "proxy"
@@ -469,17 +435,6 @@ def report_rows(results: dict) -> list[dict]:
                              f"{platform} (compiled, deterministic)",
         verdict=(evidence.REPRODUCED if scale == "paper" else evidence.REPRODUCED_PROXY)
         if smaller else evidence.NOT_REPRODUCED))
-    if store and "step_times_s" in store and "step_times_s" in r:
-      ratio = benchmarking.ratio_summary(r["step_times_s"], store["step_times_s"])
-      rows.append(evidence.row(
-          f"RevNet: {rev_name} step time, reversible vs plain backprop",
-          "rebuilding activations costs about one extra forward pass: at most 1.6x the step "
-          "time of plain backprop of the same network",
-          "about 1.33x in theory, 1.5-2x in practice (cited)",
-          f"{benchmarking.format_ratio(ratio)}; {s['step_time_vs_resnet']:.2f}x {res_name} "
-          f"({platform}; on CPU convolution gradients inside scans are slow for both modes)",
-          scale=scale, setting=f"{setting}; {cfg['timing_repeats']} interleaved rounds",
-          verdict=benchmarking.judge_ratio(ratio, 1.6, "less", scale=scale)))
   return rows
 
 
