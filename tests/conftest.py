@@ -3,10 +3,25 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache per test run, shared through the environment by the
+  xdist workers and every subprocess they start (CLI runs, notebook kernels): the tests compile
+  the same small programs many times. A run never reads another run's cache (so a test run's
+  time does not depend on earlier runs); set JAX_COMPILATION_CACHE_DIR to choose one yourself."""
+  del config
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+      tempfile.gettempdir(), f"fastnets_test_xla_cache_{run}")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 @pytest.fixture(scope="session")

@@ -125,16 +125,22 @@ def test_compilation_cache_lets_every_seed_reuse_the_first_seeds_programs(mnist,
   `common.compilation_cache` its init, train and eval programs all come from the cache."""
   import dataclasses
 
+  import jax
   from jax import monitoring
 
   events = []
   monitoring.register_event_listener(lambda name, **kw: events.append(name))
   config = train.TrainConfig(steps=2, batch_size=16, eval_batch_size=1000, learning_rate=1e-3,
                              log_every=1, eval_every=0, checkpoint_every=0)
-  with common.compilation_cache(min_compile_time_s=0):
-    train.fit(tiny_cnn, mnist, config, verbose=False)
-    events.clear()
-    train.fit(tiny_cnn, mnist, dataclasses.replace(config, seed=1), verbose=False)
+  session_cache = jax.config.jax_compilation_cache_dir  # The test run's own (conftest.py).
+  jax.config.update("jax_compilation_cache_dir", None)
+  try:
+    with common.compilation_cache(min_compile_time_s=0):
+      train.fit(tiny_cnn, mnist, config, verbose=False)
+      events.clear()
+      train.fit(tiny_cnn, mnist, dataclasses.replace(config, seed=1), verbose=False)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", session_cache)
   hits = events.count("/jax/compilation_cache/cache_hits")
   misses = events.count("/jax/compilation_cache/cache_misses")
   assert hits >= 3 and misses == 0, (hits, misses)
