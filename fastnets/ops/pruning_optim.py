@@ -33,6 +33,7 @@ __all__ = [
   "GradualPruningState",
   "MaskedUpdatesState",
   "gradual_magnitude_pruning",
+  "masked_inner_update",
   "masked_updates",
   "pruning_masks",
 ]
@@ -47,6 +48,14 @@ class GradualPruningState(NamedTuple):
   count: jax.Array
   masks: PyTree
   inner_state: Any
+
+
+def masked_inner_update(tx: optax.GradientTransformation, masks: PyTree, updates: PyTree,
+                        inner_state: Any, params: PyTree | None):
+  """`tx.update` with pruned entries held at zero: gradients masked before `tx` (so no momentum
+  builds up on them) and its updates masked after. Returns `(updates, inner_state)`."""
+  u, inner = tx.update(mask_tree(masks, updates), inner_state, params)
+  return mask_tree(masks, u), inner
 
 
 def _masks_from_params(params, prunable):
@@ -79,9 +88,8 @@ def masked_updates(tx: optax.GradientTransformation, masks: PyTree | None = None
     return MaskedUpdatesState(masks=m, inner_state=tx.init(params))
 
   def update(updates, state, params=None):
-    g = mask_tree(state.masks, updates)
-    u, inner = tx.update(g, state.inner_state, params)
-    return mask_tree(state.masks, u), MaskedUpdatesState(state.masks, inner)
+    u, inner = masked_inner_update(tx, state.masks, updates, state.inner_state, params)
+    return u, MaskedUpdatesState(state.masks, inner)
 
   return optax.GradientTransformation(init, update)
 
@@ -128,9 +136,7 @@ def gradual_magnitude_pruning(
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("gradual_magnitude_pruning needs params: call update(grads, state, params).")
-    g = mask_tree(state.masks, updates)
-    u, inner = tx.update(g, state.inner_state, params)
-    u = mask_tree(state.masks, u)
+    u, inner = masked_inner_update(tx, state.masks, updates, state.inner_state, params)
     candidate = jax.tree.map(lambda p, d: p + d.astype(p.dtype), params, u)
     new_masks = lax.cond(
       schedule.is_pruning_step(state.count),

@@ -39,6 +39,7 @@ import optax
 from jax import lax
 
 from fastnets.ops.pruning import default_prunable, mask_tree, path_to_str
+from fastnets.ops.pruning_optim import masked_inner_update
 
 __all__ = [
     "DSTSchedule",
@@ -330,9 +331,7 @@ def dynamic_sparse_training(tx: optax.GradientTransformation, masks: PyTree, sch
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("dynamic_sparse_training needs params: call update(grads, state, params).")
-    g = mask_tree(state.masks, updates)
-    u, inner = tx.update(g, state.inner_state, params)
-    u = mask_tree(state.masks, u)
+    u, inner = masked_inner_update(tx, state.masks, updates, state.inner_state, params)
     candidate = jax.tree.map(lambda p, d: p + d.astype(p.dtype), params, u)
     rate = schedule.death_rate_at(state.count)
     new_masks = lax.cond(
