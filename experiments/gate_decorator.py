@@ -338,6 +338,9 @@ def report_rows(results: dict) -> list[dict]:
              f"{', '.join(str(s) for s in m['seeds'])}")
   acc = {a: m[a]["test_accuracy_per_seed"] for a in ARMS}
   fmt = lambda v: evidence.format_summary(evidence.summarize(v), 100)
+  # With channel_multiple > 1 the reachable FLOPs are coarse, so the arms may land at different
+  # FLOPs under the same target: each row states them.
+  fr = {a: statistics.fmean(m[a]["flops_ratio_per_seed"]) for a in ARMS}
   rows = []
   diff, verdict = evidence.judge_paired(acc["gate_decorator"], acc["random"], 0.01,
                                         scale=scale)
@@ -347,7 +350,8 @@ def report_rows(results: dict) -> list[dict]:
       "ranking by Taylor score beats random pruning (ablation in the paper; numbers not in our "
       "digest)",
       f"{fmt(acc['gate_decorator'])} vs {fmt(acc['random'])}; paired difference "
-      f"{evidence.format_summary(diff, 100, unit=' pts')}", scale=scale, setting=setting,
+      f"{evidence.format_summary(diff, 100, unit=' pts')}; FLOPs ratio "
+      f"{fr['gate_decorator']:.2f} vs {fr['random']:.2f}", scale=scale, setting=setting,
       verdict=verdict))
   diff, verdict = evidence.judge_paired(acc["gate_decorator"], acc["magnitude"], -0.01,
                                         scale=scale)
@@ -356,7 +360,8 @@ def report_rows(results: dict) -> list[dict]:
       "tick-tock is not below magnitude pruning at the same FLOPs (paired difference above "
       "-1 point)", "Taylor + tick-tock above network-slimming-style |gamma| pruning",
       f"{fmt(acc['gate_decorator'])} vs {fmt(acc['magnitude'])}; paired difference "
-      f"{evidence.format_summary(diff, 100, unit=' pts')}", scale=scale, setting=setting,
+      f"{evidence.format_summary(diff, 100, unit=' pts')}; FLOPs ratio "
+      f"{fr['gate_decorator']:.2f} vs {fr['magnitude']:.2f}", scale=scale, setting=setting,
       verdict=verdict))
   summary, verdict = evidence.judge(m["taylor_spearman_per_seed"], 0.5, scale=scale)
   rows.append(evidence.row(

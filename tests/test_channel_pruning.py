@@ -195,6 +195,13 @@ def test_channel_multiple_chunks_and_bad_input():
                          channel_multiple=bad)
   with pytest.raises(ValueError, match="out of reach"):
     ops.prune_to_flops(scores, alive, flops, 7, 0.1, channel_multiple=8)
+  tick = dict(tick_fraction=0.1, target_flops=1, flops_fn=flops, score_batches=list, model=None)
+  with pytest.raises(ValueError, match="start_step and tock_steps"):
+    train.TickTock(start_step=0, tock_steps=1, **tick)
+  with pytest.raises(ValueError, match="min_keep"):
+    train.TickTock(start_step=1, tock_steps=1, min_keep=1.5, **tick)
+  with pytest.raises(ValueError, match="channel_multiple"):
+    train.TickTock(start_step=1, tock_steps=1, channel_multiple=0, **tick)
 
 
 def test_prune_to_flops_removes_fewest():
