@@ -85,7 +85,10 @@ PAPER = {
 TUNING = {"note": "not tuned: Adam 1e-3 with a cosine schedule (the project default), every arm "
                   "alike; density, death rates and ticket count are the paper's; update_every "
                   "(100) and the exploration fraction (0.4) scale the paper's schedule down to "
-                  "the quick run's steps, fixed before any run"}
+                  "the quick run's steps, fixed before any run; the conv ticket (measurement "
+                  "only, no verdict: SmallCNN [16, 32], hidden 64, 300 quick steps, the update "
+                  "interval scaled to its steps) was added later with its settings fixed "
+                  "before its first run; the MLP arms are unchanged"}
 
 
 def _kernel_sizes(params):
