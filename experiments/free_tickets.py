@@ -16,6 +16,13 @@ three arms of `steps` steps each (same batches, same optimizer):
   ensemble of its tickets, with the mean member accuracy and the pairwise disagreement of the
   members' test predictions.
 
+A conv ticket (measurement only, the first seed): one RigL DST run of a small CNN
+(`models.SmallCNN`, `conv_channels`, `conv_steps` steps, same density and schedule scaled to its
+steps); its masks (`ops.dst_masks` of the optimizer state) take its convolutions through the
+sparse inference path (`nn.sparsify_variables(..., masks=...)`, `nn.sparse_apply`, impl "auto"):
+test predictions equal to the masked dense model's, and the interleaved inference time of the
+dense and the sparse path at batch `time_batch`.
+
 Training FLOPs (analytic, `ops.dense_flops`; a training step is 3x a forward pass): the dense net
 pays its dense matmuls every step; the sparse runs pay their nonzeros every step plus, at each
 topology update, one dense weight-gradient product for RigL's regrowth scores. Our training runs
@@ -32,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import data, evidence, models, ops, train
+from fastnets import benchmarking, data, evidence, models, nn, ops, train
 
 from . import common
 
@@ -53,10 +60,16 @@ DEFAULTS = {
     "num_tickets": 3,  # EDST: tickets (refinement phases) in the ensemble
     "exploration_fraction": 0.4,  # EDST: fraction of the steps in the exploration phase
     "seeds": list(evidence.EVAL_SEEDS),  # evaluation seeds
+    "conv_channels": [16, 32],  # conv ticket (measurement): SmallCNN conv widths
+    "conv_hidden": 64,  # conv ticket: SmallCNN dense hidden width
+    "conv_steps": 600,  # conv ticket: DST steps (first seed only)
+    "time_batch": 256,  # conv ticket: inference batch of the sparse vs dense timing
+    "time_repeats": 9,  # conv ticket: interleaved timing rounds
 }
-QUICK = {"steps": 1200, "seeds": list(evidence.EVAL_SEEDS[:3])}
+QUICK = {"steps": 1200, "conv_steps": 300, "seeds": list(evidence.EVAL_SEEDS[:3])}
 SMOKE = {"steps": 12, "update_every": 2, "batch_size": 16, "eval_batch_size": 500,
-         "log_every": 4, "hidden": [16, 8], "seeds": [0]}
+         "log_every": 4, "hidden": [16, 8], "seeds": [0], "conv_channels": [4, 8],
+         "conv_hidden": 8, "conv_steps": 6, "time_batch": 8, "time_repeats": 2}
 PAPER = {
     "claim": "EDST ensembles of sparse tickets from one dynamic sparse training run beat a dense "
              "network and approach a deep ensemble at a fraction of the training FLOPs "
@@ -72,7 +85,10 @@ PAPER = {
 TUNING = {"note": "not tuned: Adam 1e-3 with a cosine schedule (the project default), every arm "
                   "alike; density, death rates and ticket count are the paper's; update_every "
                   "(100) and the exploration fraction (0.4) scale the paper's schedule down to "
-                  "the quick run's steps, fixed before any run"}
+                  "the quick run's steps, fixed before any run; the conv ticket (measurement "
+                  "only, no verdict: SmallCNN [16, 32], hidden 64, 300 quick steps, the update "
+                  "interval scaled to its steps) was added later with its settings fixed "
+                  "before its first run; the MLP arms are unchanged"}
 
 
 def _kernel_sizes(params):
@@ -97,6 +113,50 @@ def _test_logits(model, params, dataset, batch_size):
     out.append(np.asarray(apply(params, jnp.asarray(b["image"])))[keep])
     labels.append(b["label"][keep])
   return np.concatenate(out), np.concatenate(labels)
+
+
+def _conv_ticket(config, dataset, seed):
+  """The conv ticket measurement (module docstring): one RigL run of a SmallCNN, its test
+  predictions through the sparse path against the masked dense model, and their timings."""
+  model = models.SmallCNN(num_classes=dataset.num_classes,
+                          channels=tuple(config["conv_channels"]), hidden=config["conv_hidden"],
+                          dropout_rate=0.0)
+  steps = config["conv_steps"]
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             jnp.zeros((1,) + dataset.image_shape)))["params"]
+  counts = ops.erk_counts(shapes, config["density"])
+  sched = ops.DSTSchedule(update_every=max(1, config["update_every"] * steps // config["steps"]),
+                          death_rate=config["death_rate"], end_step=int(0.75 * steps))
+
+  def wrap(tx):
+    masks = ops.random_sparse_masks(jax.random.key(30_000 + seed), shapes, counts)
+    return ops.dynamic_sparse_training(tx, masks, sched, "rigl", key=jax.random.key(40_000 + seed))
+
+  cfg = common.train_config({**config, "seed": seed, "steps": steps})
+  res = train.fit(model, dataset, cfg, tx_wrapper=wrap, verbose=False)
+  masks = ops.dst_masks(res.state.opt_state)
+  variables = jax.device_get({"params": ops.apply_masks(res.state.params, masks)})
+  sparse_vars = nn.sparsify_variables(variables, masks=masks)
+  dense_f = jax.jit(lambda v, x: model.apply(v, x))
+  sparse_f = jax.jit(lambda v, x: nn.sparse_apply(model, v, x, impl="auto"))
+  equal, n = True, 0
+  for b in data.eval_batches(dataset, dataset.test, config["eval_batch_size"]):
+    x, keep = jnp.asarray(b["image"]), b["mask"] > 0
+    d, sp = np.asarray(dense_f(variables, x))[keep], np.asarray(sparse_f(sparse_vars, x))[keep]
+    equal &= bool(np.array_equal(np.argmax(d, -1), np.argmax(sp, -1)))
+    n += int(keep.sum())
+  x = jax.random.normal(jax.random.key(0), (config["time_batch"],) + dataset.image_shape)
+  timing = benchmarking.time_interleaved(
+      {"dense": lambda: dense_f(variables, x), "sparse": lambda: sparse_f(sparse_vars, x)},
+      repeats=config["time_repeats"])
+  conv_density = {k: float(np.mean(np.asarray(m))) for k, m in (
+      (ops.pruning.path_to_str(p), m) for p, m in jax.tree_util.tree_flatten_with_path(
+          masks, is_leaf=lambda x: x is None)[0] if m is not None) if np.ndim(m) == 4}
+  return {"seed": seed, "test_accuracy": res.metrics["test_accuracy"],
+          "predictions_equal": equal, "test_examples": n, "conv_density": conv_density,
+          "speedup": benchmarking.ratio_summary(timing["times"]["dense"],
+                                                timing["times"]["sparse"]),
+          "median_s": timing["median"]}
 
 
 def run(config: dict) -> dict:
@@ -161,6 +221,9 @@ def run(config: dict) -> dict:
           f"edst ensemble {acc['edst_ensemble'][-1]:.4f} (members {members}), disagreement "
           f"{disagreement[-1]:.4f}", flush=True)
 
+  conv = _conv_ticket(config, dataset, seeds[0])
+  print(f"[{NAME}] conv ticket: predictions equal {conv['predictions_equal']}, sparse path "
+        f"{conv['speedup']['median']:.2f}x dense", flush=True)
   kept = counts
   metrics = {arm: {"test_accuracy": statistics.fmean(v), "test_accuracy_per_seed": v,
                    "test_accuracy_summary": evidence.summarize(v)} for arm, v in acc.items()}
@@ -173,7 +236,8 @@ def run(config: dict) -> dict:
   metrics.update(edst_member_mean_accuracy=statistics.fmean(member_mean),
                  edst_member_mean_accuracy_per_seed=member_mean,
                  disagreement=statistics.fmean(disagreement), disagreement_per_seed=disagreement,
-                 erk_counts=counts, seeds=seeds)
+                 erk_counts=counts, seeds=seeds, conv_ticket=conv,
+                 load_average=common.load_average())
   return common.write_results(config["workdir"] or None, NAME, config, metrics, PAPER, timer(),
                               tuning=TUNING)
 
@@ -221,6 +285,24 @@ def report_rows(results: dict) -> list[dict]:
       "DST at density 0.2 close to dense", f"{fmt(dst)} vs dense {fmt(dense)}; training FLOPs "
       f"{m['dst']['train_flops'] / m['dense']['train_flops']:.2f}x dense",
       scale=scale, setting=setting, verdict=None))
+  if "conv_ticket" in m:
+    c = m["conv_ticket"]
+    conv_setting = (f"{cfg['dataset']}, SmallCNN conv {cfg['conv_channels']}, hidden "
+                    f"{cfg['conv_hidden']}, {cfg['conv_steps']} RigL steps at density "
+                    f"{cfg['density']} (ERK), seed {c['seed']}; inference batch "
+                    f"{cfg['time_batch']}")
+    dens = ", ".join(f"{k.split('/')[-2]} {v:.2f}" for k, v in c["conv_density"].items())
+    rows.append(evidence.row(
+        "FreeTickets: a conv ticket through the sparse inference path (measurement)",
+        "a DST ticket's convolutions run through nn.sparse_apply (direct sparse convolution, "
+        "impl auto) with the masked dense model's test predictions; inference speed of the "
+        "sparse path over the dense one", "sparse tickets are cheap at test time",
+        f"predictions equal on all {c['test_examples']:,} test images: "
+        f"{c['predictions_equal']}; ticket test accuracy {100 * c['test_accuracy']:.2f}%; "
+        f"conv densities {dens}; sparse path {benchmarking.format_ratio(c['speedup'])} the "
+        f"dense model's speed ({1e3 * c['median_s']['dense']:.1f} vs "
+        f"{1e3 * c['median_s']['sparse']:.1f} ms; load average {m.get('load_average')})",
+        scale=scale, setting=conv_setting, verdict=None))
   return rows
 
 

@@ -139,6 +139,71 @@ def test_global_ranking_counts(sizes, seed, min_keep):
     assert a.sum() >= min(alive[k].sum(), ops.layer_minimum(a.size, min_keep))
 
 
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=4), st.integers(0, 10**6),
+       st.floats(0.05, 1.0), st.sampled_from([2, 4, 8]), st.floats(0.0, 1.0))
+def test_channel_multiple_keeps_multiples_of_the_top_channels(sizes, seed, min_keep, m, frac):
+  rs = np.random.RandomState(seed % 2**31)
+  scores = {f"l{i}": rs.rand(n) for i, n in enumerate(sizes)}
+  alive = {k: np.ones(v.size, bool) for k, v in scores.items()}
+  possible = sum(max(0, a.size - ops.layer_minimum(a.size, min_keep, m))
+                 for a in alive.values() if a.size > ops.layer_minimum(a.size, min_keep, m))
+  n = int(frac * possible)
+  out = ops.global_channel_ranking(scores, alive, n, min_keep, channel_multiple=m)
+  removed = sum(a.size - int(a.sum()) for a in out.values())
+  assert n <= removed <= max(n + m - 1, 0) or (n == 0 and removed == 0)
+  for k, a in out.items():
+    kept = int(a.sum())
+    floor = ops.layer_minimum(a.size, min_keep, m)
+    assert kept == a.size or (kept % m == 0 and kept >= floor)
+    if kept < a.size:  # the kept channels are the layer's highest-scored ones
+      assert scores[k][a].min() >= scores[k][~a].max()
+  with pytest.raises(ValueError, match="per-layer minimum"):
+    ops.global_channel_ranking(scores, alive, possible + 1, min_keep, channel_multiple=m)
+
+
+def test_channel_multiple_chunks_and_bad_input():
+  scores = {"a": np.arange(12.0), "b": np.array([0.5, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 9.0])}
+  alive = {"a": np.ones(12, bool), "b": np.ones(8, bool)}
+  # m = 4: a's chunks are [0..3] (mean 1.5), [4..7] (5.5); b's (8 -> 4) has mean 7.25. Removing
+  # one channel takes a whole chunk, a's lowest.
+  out = ops.global_channel_ranking(scores, alive, 1, 0.1, channel_multiple=4)
+  np.testing.assert_array_equal(out["a"], np.arange(12) >= 4)
+  assert out["b"].all()
+  out = ops.global_channel_ranking(scores, alive, 5, 0.1, channel_multiple=4)
+  np.testing.assert_array_equal(out["a"], np.arange(12) >= 8)
+  # An odd alive count first drops to the next multiple (11 -> 8: its 3 lowest).
+  odd = {"a": np.arange(12) != 0, "b": alive["b"]}
+  out = ops.global_channel_ranking(scores, odd, 1, 0.1, channel_multiple=4)
+  assert out["a"].sum() == 8 and not out["a"][:4].any()
+  # prune_to_flops in chunks, at least one chunk under a small budget.
+  flops = lambda al: sum(int(v.sum()) for v in al.values())
+  got, removed = ops.prune_to_flops(scores, alive, flops, 14, 0.1, channel_multiple=4)
+  assert flops(got) == 12 and removed == 8
+  got, removed = ops.prune_to_flops(scores, alive, flops, 0, 0.1, max_prune=1,
+                                    channel_multiple=4)
+  assert removed == 4
+  # channel_multiple 1 is the per-channel ranking.
+  for n in range(6):
+    np.testing.assert_equal(ops.global_channel_ranking(scores, alive, n, 0.1),
+                            ops.global_channel_ranking(scores, alive, n, 0.1, channel_multiple=1))
+  for bad in (0, -8, 2.5, True, "8"):
+    with pytest.raises(ValueError, match="channel_multiple"):
+      ops.global_channel_ranking(scores, alive, 1, 0.1, channel_multiple=bad)
+    with pytest.raises(ValueError, match="channel_multiple"):
+      train.OneShotPrune(step=1, score_fn=None, target_flops=1, flops_fn=flops,
+                         channel_multiple=bad)
+  with pytest.raises(ValueError, match="out of reach"):
+    ops.prune_to_flops(scores, alive, flops, 7, 0.1, channel_multiple=8)
+  tick = dict(tick_fraction=0.1, target_flops=1, flops_fn=flops, score_batches=list, model=None)
+  with pytest.raises(ValueError, match="start_step and tock_steps"):
+    train.TickTock(start_step=0, tock_steps=1, **tick)
+  with pytest.raises(ValueError, match="min_keep"):
+    train.TickTock(start_step=1, tock_steps=1, min_keep=1.5, **tick)
+  with pytest.raises(ValueError, match="channel_multiple"):
+    train.TickTock(start_step=1, tock_steps=1, channel_multiple=0, **tick)
+
+
 def test_prune_to_flops_removes_fewest():
   scores = {"a": np.arange(6.0), "b": np.arange(4.0) + 0.5}
   alive = {"a": np.ones(6, bool), "b": np.ones(4, bool)}

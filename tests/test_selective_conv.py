@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fastnets import nn, ops
+from fastnets import nn, ops, train
 from tests.conftest import run_python
 
 
@@ -52,6 +52,16 @@ def test_reallocate_moves_low_slots_to_high_channels():
   assert new[1] == 4 and new[3] == 0 and index[1] == 1  # input untouched
   with pytest.raises(ValueError, match="half the active slots"):
     ops.reallocate(index, mask, ecds, 4)
+
+
+def test_selection_reallocation_bad_input():
+  ok = dict(units=["u"], start=1, every=1, end=10)
+  for bad in ({"start": 0}, {"every": 0}):
+    with pytest.raises(ValueError, match="start and every"):
+      train.SelectionReallocation(**{**ok, **bad})
+  for fraction in (0.0, 0.6, -0.1):
+    with pytest.raises(ValueError, match="fraction"):
+      train.SelectionReallocation(**ok, fraction=fraction)
 
 
 def test_selective_conv_starts_as_bn_relu_conv_and_trains_its_shifts():

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastnets import ops
+from fastnets import models, ops
+from fastnets import nn as fnn
 from tests.conftest import run_python
 
 
@@ -138,7 +139,8 @@ def test_dst_on_four_devices():
   out = run_python("""
 import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from fastnets import ops
+from fastnets import models, ops
+from fastnets import nn as fnn
 mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
 params = {"params": {"d": {"kernel": jnp.ones((8, 4)) * jnp.arange(32.).reshape(8, 4)}}}
 masks = ops.random_sparse_masks(jax.random.key(0), params, ops.erk_counts(params, 0.5))
@@ -157,3 +159,55 @@ w = np.asarray(params["params"]["d"]["kernel"])
 print("OK", int(m.sum()), bool(np.all(w[~m] == 0)))
 """, devices=4)
   assert "OK 16 True" in out
+
+
+def test_dst_ticket_runs_through_the_sparse_inference_path():
+  """A RigL ticket of a small CNN: its masks from the optimizer state, its convolutions through
+  `nn.sparse_apply` (the sparse conv path), outputs equal to the masked dense model's."""
+  model = models.SmallCNN(channels=(8, 16), hidden=16, dropout_rate=0.0)
+  x = jax.random.normal(jax.random.key(0), (6, 12, 12, 1))
+  labels = jnp.arange(6) % 10
+  params = jax.jit(model.init)(jax.random.key(1), x)["params"]
+  counts = ops.erk_counts(params, 0.3)
+  masks = ops.random_sparse_masks(jax.random.key(2), params, counts)
+  sched = ops.DSTSchedule(update_every=1, death_rate=0.5, end_step=100)
+  tx = optax.chain(optax.identity(),  # dst_masks finds the DST state inside a chain
+                   ops.dynamic_sparse_training(optax.sgd(0.5), masks, sched, "rigl"))
+  state = tx.init(params)
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(lambda p: ops.cross_entropy_loss(model.apply({"params": p}, x), labels))(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  for _ in range(2):
+    params, state = step(params, state)
+  ticket = ops.dst_masks(state)
+  assert ticket is not masks and not all(
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ticket), jax.tree.leaves(masks)))
+  variables = {"params": params}
+  sparse_vars = fnn.sparsify_variables(variables, masks=ticket)
+  is_sparse = lambda a: isinstance(a, ops.SparseKernel)
+  kernels = [a for a in jax.tree.leaves(sparse_vars, is_leaf=is_sparse) if is_sparse(a)]
+  assert len(kernels) == 2  # both convs; the dense layers stay dense
+  for k, name in zip(kernels, ("Conv_0", "Conv_1")):
+    assert int(np.sum(np.asarray(k.values) != 0)) <= counts[f"{name}/kernel"]
+  dense = jax.jit(model.apply)({"params": ops.apply_masks(params, ticket)}, x)
+  got = jax.jit(lambda v, x: fnn.sparse_apply(model, v, x, impl="auto"))(sparse_vars, x)
+  np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
+  # The variables passed in are not modified.
+  assert not any(is_sparse(a) for a in jax.tree.leaves(variables, is_leaf=is_sparse))
+
+
+def test_dst_masks_and_sparsify_bad_input():
+  params = _params([(3, 3, 2, 4)])
+  with pytest.raises(ValueError, match="DSTState"):
+    ops.dst_masks(optax.adam(0.1).init(params))
+  masks = ops.random_sparse_masks(jax.random.key(0), params, ops.erk_counts(params, 0.5))
+  two = (ops.dynamic_sparse_training(optax.sgd(0.1), masks, ops.DSTSchedule(2, 0.5, 10))
+         .init(params),) * 2
+  with pytest.raises(ValueError, match="exactly one"):
+    ops.dst_masks(two)
+  with pytest.raises(ValueError, match="masks must be"):
+    fnn.sparsify_variables(params, masks={"other": None})

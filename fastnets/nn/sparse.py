@@ -16,6 +16,12 @@ Usage:
   logits = sparse_apply(model, sparse_vars, x)               # or under jax.jit
   with sparse_convs(impl="xla"):                               # same, as a context manager
     logits = model.apply(sparse_vars, x)
+
+A ticket of dynamic sparse training (FreeTickets / RigL, `fastnets.ops.dynamic_sparse_training`)
+runs the same way; its masks (`fastnets.ops.dst_masks(state.opt_state)`) say which weights exist:
+
+  sparse_vars = sparsify_variables(variables, masks=ops.dst_masks(state.opt_state))
+  logits = jax.jit(lambda v, x: sparse_apply(model, v, x))(sparse_vars, x)
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ def conv_kernel_prunable(path, leaf) -> bool:
 
 
 def sparsify_variables(variables: Any, *, min_sparsity: float = 0.0,
-                       prunable=conv_kernel_prunable, collection: str = "params") -> Any:
+                       prunable=conv_kernel_prunable, collection: str = "params",
+                       masks: Any = None) -> Any:
   """Replaces the conv kernels of a Linen variables dict by `SparseKernel`s.
 
   Args:
@@ -52,20 +59,38 @@ def sparsify_variables(variables: Any, *, min_sparsity: float = 0.0,
     prunable: predicate `(path, leaf) -> bool` selecting the kernels to convert (paths are relative
       to `variables[collection]`); exclude `nn.ConvTranspose` / dilated / grouped convs with it.
     collection: the variables collection holding the kernels.
+    masks: optional masks over `variables[collection]` (the pytrees of `fastnets.ops.pruning`:
+      bool arrays on masked leaves, None elsewhere), e.g. a dynamic-sparse-training ticket's
+      `fastnets.ops.dst_masks`. The weights outside the masks are zeroed first
+      (`fastnets.ops.apply_masks`), and only kernels with a mask are converted.
 
   Returns:
     A copy of `variables` whose selected kernels are `SparseKernel`s (other leaves shared).
 
   Raises:
-    ValueError: `min_sparsity` outside [0, 1] or `collection` missing.
+    ValueError: `min_sparsity` outside [0, 1], `collection` missing, or `masks` not shaped like
+      `variables[collection]`.
   """
   if not 0.0 <= float(min_sparsity) <= 1.0:
     raise ValueError(f"min_sparsity must be in [0, 1]; got {min_sparsity!r}.")
   if collection not in variables:
     raise ValueError(f"variables has no collection {collection!r}; it has {list(variables)}.")
+  tree = variables[collection]
+  masked = None
+  if masks is not None:
+    try:
+      tree = _pruning.apply_masks(tree, masks)
+      masked = jax.tree.map(lambda m, _: m is not None, masks, tree,
+                            is_leaf=lambda x: x is None)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"masks must be a pytree of bool arrays (None for unmasked leaves) "
+                       f"shaped like variables[{collection!r}]: {e}") from e
+    masked = {p: m for p, m in jax.tree_util.tree_flatten_with_path(masked)[0]}
 
   def convert(path, leaf):
     if isinstance(leaf, _sc.SparseKernel) or not prunable(path, leaf):
+      return leaf
+    if masked is not None and not masked.get(path, False):
       return leaf
     arr = np.asarray(leaf)
     if 1.0 - np.count_nonzero(arr) / arr.size < min_sparsity:
@@ -73,7 +98,7 @@ def sparsify_variables(variables: Any, *, min_sparsity: float = 0.0,
     return _sc.to_sparse_kernel(arr)
 
   out = dict(variables)
-  out[collection] = jax.tree_util.tree_map_with_path(convert, variables[collection])
+  out[collection] = jax.tree_util.tree_map_with_path(convert, tree)
   return out
 
 

@@ -171,12 +171,14 @@ __all__ += ["global_channel_ranking", "layer_minimum", "prune_to_flops", "slice_
 from fastnets.ops.sparse_training import (  # noqa: F401,E402
     DSTSchedule, DSTState, dynamic_sparse_training, EDSTSchedule, ensemble_probabilities,
     erk_counts, erk_densities, pairwise_disagreement, prune_regrow_masks, random_sparse_masks,
+    dst_masks,
 )
 
 __all__ += ["dense_flops"]
 __all__ += ["DSTSchedule", "DSTState", "dynamic_sparse_training", "EDSTSchedule",
             "ensemble_probabilities", "erk_counts", "erk_densities", "pairwise_disagreement",
             "prune_regrow_masks", "random_sparse_masks"]
+__all__ += ["dst_masks"]
 
 # Selective convolutional units (Jeong & Shin 2019).
 from fastnets.ops.selective_conv import (  # noqa: F401,E402

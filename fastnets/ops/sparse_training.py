@@ -45,6 +45,7 @@ __all__ = [
     "DSTSchedule",
     "DSTState",
     "EDSTSchedule",
+    "dst_masks",
     "dynamic_sparse_training",
     "ensemble_probabilities",
     "erk_counts",
@@ -346,6 +347,28 @@ def dynamic_sparse_training(tx: optax.GradientTransformation, masks: PyTree, sch
     return u, DSTState(state.count + 1, state.key, new_masks, inner)
 
   return optax.GradientTransformation(init, update)
+
+
+def dst_masks(opt_state: Any) -> PyTree:
+  """The current masks of the one `dynamic_sparse_training` state inside an optimizer state.
+
+  A ticket is its parameters and these masks (its weights outside them are exactly zero); pass
+  them to `fastnets.nn.sparsify_variables(variables, masks=...)` to run the ticket's convolutions
+  through the sparse inference path.
+
+  Args:
+    opt_state: an optax state holding one `DSTState` (e.g. `TrainState.opt_state` of a run with
+      `tx_wrapper` applying `dynamic_sparse_training`), possibly nested in chains or wrappers.
+
+  Raises:
+    ValueError: no `DSTState`, or more than one, in `opt_state`.
+  """
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, DSTState))
+           if isinstance(x, DSTState)]
+  if len(found) != 1:
+    raise ValueError(f"opt_state must hold exactly one DSTState (from dynamic_sparse_training); "
+                     f"found {len(found)}.")
+  return found[0].masks
 
 
 def ensemble_probabilities(logits: jax.Array) -> jax.Array:

@@ -121,8 +121,10 @@ class TickTock:
   `score_batches(tick)` with the weights frozen and removes `ceil(tick_fraction * alive)` channels
   by global ranking (fewer when fewer reach `target_flops`), each layer keeping `min_keep` of its
   channels. After the tick that reaches the target, `done` is True and training goes on as
-  fine-tuning. Use `choose_variant` with `fit(step_variants={"plain": ..., "tock": ...})` to train
-  the tocks with `gate_l1_loss`.
+  fine-tuning. With `channel_multiple` m > 1 every layer keeps a multiple of m channels
+  (`fastnets.ops.global_channel_ranking`), and a tick removes whole chunks (at least one). Use
+  `choose_variant` with `fit(step_variants={"plain": ..., "tock": ...})` to train the tocks with
+  `gate_l1_loss`.
 
   Attributes:
     history: one record per tick: {"step", "removed", "alive", "flops"}.
@@ -132,17 +134,18 @@ class TickTock:
   def __init__(self, *, start_step: int, tock_steps: int, tick_fraction: float,
                target_flops: float, flops_fn: Callable[[dict], float],
                score_batches: Callable[[int], Iterable[Mapping]], model: nn.Module,
-               min_keep: float = 0.1):
+               min_keep: float = 0.1, channel_multiple: int = 1):
     if start_step < 1 or tock_steps < 1:
       raise ValueError(f"start_step and tock_steps must be positive ints; got {start_step} and "
                        f"{tock_steps}.")
     if not 0.0 < tick_fraction <= 1.0:
       raise ValueError(f"tick_fraction must be in (0, 1]; got {tick_fraction!r}.")
-    ops.layer_minimum(1, min_keep)  # Checks min_keep.
+    ops.layer_minimum(1, min_keep, channel_multiple)  # Checks min_keep and channel_multiple.
     self.start_step, self.tock_steps = int(start_step), int(tock_steps)
     self.tick_fraction, self.target_flops = float(tick_fraction), float(target_flops)
     self.flops_fn, self.score_batches, self.model = flops_fn, score_batches, model
     self.min_keep = float(min_keep)
+    self.channel_multiple = int(channel_multiple)
     self.history: list = []
     self.done = False
 
@@ -158,7 +161,8 @@ class TickTock:
     scores = taylor_channel_scores(self.model, variables, self.score_batches(len(self.history)))
     budget = max(1, math.ceil(self.tick_fraction * sum(int(a.sum()) for a in alive.values())))
     new_alive, removed = ops.prune_to_flops(scores, alive, self.flops_fn, self.target_flops,
-                                            self.min_keep, max_prune=budget)
+                                            self.min_keep, max_prune=budget,
+                                            channel_multiple=self.channel_multiple)
     flops = self.flops_fn(new_alive)
     self.done = flops <= self.target_flops
     if removed == 0 and not self.done:
@@ -172,12 +176,16 @@ class TickTock:
 class OneShotPrune:
   """`fit` callback: at `step`, removes channels by `score_fn(state)` (global ranking, per-layer
   minimum) until `flops_fn` reaches `target_flops`; the baselines of Gate Decorator's comparison
-  (random scores: random-filter pruning; |phi gamma|: magnitude pruning)."""
+  (random scores: random-filter pruning; |phi gamma|: magnitude pruning). `channel_multiple`: as
+  in `TickTock`."""
 
   def __init__(self, *, step: int, score_fn: ScoreFn, target_flops: float,
-               flops_fn: Callable[[dict], float], min_keep: float = 0.1):
+               flops_fn: Callable[[dict], float], min_keep: float = 0.1,
+               channel_multiple: int = 1):
     self.step, self.score_fn, self.target_flops = int(step), score_fn, float(target_flops)
     self.flops_fn, self.min_keep = flops_fn, float(min_keep)
+    ops.layer_minimum(1, min_keep, channel_multiple)  # Checks min_keep and channel_multiple.
+    self.channel_multiple = int(channel_multiple)
     self.history: list = []
 
   def __call__(self, step: int, state: TrainState) -> Optional[TrainState]:
@@ -186,7 +194,7 @@ class OneShotPrune:
     alive = gate_masks(_variables(state))
     scores = {k: np.asarray(v) for k, v in self.score_fn(state).items()}
     new_alive, removed = ops.prune_to_flops(scores, alive, self.flops_fn, self.target_flops,
-                                            self.min_keep)
+                                            self.min_keep, channel_multiple=self.channel_multiple)
     self.history.append({"step": step, "removed": removed, "flops": self.flops_fn(new_alive),
                          "alive": {k: int(v.sum()) for k, v in new_alive.items()}})
     return _replace_masks(state, new_alive)
