@@ -51,7 +51,9 @@ setuptools.setup(
     packages=(setuptools.find_packages(include=["fastnets", "fastnets.*"])
               + ["fastnets.kernels", "fastnets.experiments"]),
     package_dir={"fastnets.kernels": "kernels", "fastnets.experiments": "experiments"},
-    package_data={"fastnets.data": ["files/*.gz"], "fastnets.kernels": ["csrc/*.cc", "csrc/*.h"]},
+    # experiments/tuning/*.json: the committed sweeps the quick settings read (common.apply_tuning).
+    package_data={"fastnets.data": ["files/*.gz"], "fastnets.kernels": ["csrc/*.cc", "csrc/*.h"],
+                  "fastnets.experiments": ["tuning/*.json"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -20,9 +20,14 @@ whose parameter count is closest to that of the largest BT model in the list: th
 "tt_lstm_r<r>", and "gru" / "bt_gru_r<R>" / "tt_gru..." likewise. Each is trained with
 `fastnets.train.fit` (Adam, cosine to zero) for each seed in `seeds`. The dense cells train at
 `learning_rate`, the BT / TT cells at `bt_learning_rate` / `tt_learning_rate` (0 = the dense
-rate): their parameters are products of N + 1 tensors and need a larger Adam step. Where the
-rates came from is in results.json (`tuning`). `tensor_optimize="size"` picks the contraction
-order of the BT/TT products (`experiments/bench_bt_rnn.py` times the orders).
+rate): their parameters are products of N + 1 tensors and need a larger Adam step. In the quick
+setting every model instead trains at its own rate from the committed sweep
+`experiments/tuning/bt_rnn.json` (`python -m experiments.bt_rnn --tune`: the same Adam grid 1e-3,
+3e-3, 1e-2 for every model, spanning the earlier hand-set 1e-3 (dense) and 1e-2 (BT, TT), fixed
+before the sweep, one tuning seed, validation accuracy only; when it was run, test numbers of the
+earlier setting had been seen). The record is in results.json (`tuning`).
+`tensor_optimize="size"` picks the contraction order of the BT/TT products
+(`experiments/bench_bt_rnn.py` times the orders).
 
 Quick setting (QUICK): hidden 64 = 2 x 4 x 2 x 4, 8,000 training sequences, 1,000 steps of batch
 64, three seeds, LSTM vs TT-LSTM (budget of bt_lstm_r4_c2) vs BT-LSTM R = 2, 4 and R = 4 with C = 2
@@ -80,32 +85,26 @@ DEFAULTS = {
     "log_every": 50,
     "eval_every": 200,
     "checkpoint_every": 0,
+    "tuning_record": False,       # read per-model learning rates from tuning/bt_rnn.json
 }
 QUICK = {"train_sequences": 8000, "seeds": [0, 1, 2], "hidden": 64, "hidden_factors": [2, 4, 2, 4],
          "models": ["lstm", "tt_lstm", "bt_lstm_r2", "bt_lstm_r4", "bt_lstm_r4_c2"],
-         "steps": 1000, "log_every": 50, "eval_every": 250}
+         "steps": 1000, "log_every": 50, "eval_every": 250, "tuning_record": True}
 SMOKE = {**QUICK, "models": ["lstm", "tt_lstm", "bt_lstm_r1"], "seeds": [0],
          "train_sequences": 64, "val_sequences": 40, "test_sequences": 40, "hidden": 16,
          "hidden_factors": [2, 2, 2, 2],
-         "steps": 2, "batch_size": 16, "eval_batch_size": 40, "log_every": 1, "eval_every": 0}
-# Where the per-family learning rates came from (results.json `tuning`).
-QUICK_TUNING = {
-    "status": "not re-derived under the evidence protocol",
-    "note": "the dense, BT and TT learning rates come from one sweep shared by all families in an "
-            "earlier version, scored on the sequences of the digits that were then the "
-            "validation split (now training digits); the test sequences are built from the 2,000 "
-            "test digits, never looked at.",
-    # That sweep: the quick setting with seed 100 (not an evaluation seed), each model at four
-    # Adam learning rates, validation accuracy; the best rate per family was kept.
-    "sweep_val_accuracy": {
-        "lstm": {"1e-3": 0.9545, "3e-3": 0.9535, "1e-2": 0.728, "3e-2": 0.270},
-        "tt_lstm (rank 5)": {"1e-3": 0.766, "3e-3": 0.856, "1e-2": 0.883, "3e-2": 0.670},
-        "bt_lstm_r2": {"1e-3": 0.597, "3e-3": 0.716, "1e-2": 0.806, "3e-2": 0.774},
-        "bt_lstm_r4": {"1e-3": 0.719, "3e-3": 0.808, "1e-2": 0.856, "3e-2": 0.835},
-        "bt_lstm_r4_c2": {"1e-3": 0.754, "3e-3": 0.839, "1e-2": 0.885, "3e-2": 0.579},
-    },
-    "chosen": {"learning_rate": 1e-3, "bt_learning_rate": 1e-2, "tt_learning_rate": 1e-2},
-}
+         "steps": 2, "batch_size": 16, "eval_batch_size": 40, "log_every": 1, "eval_every": 0,
+         "tuning_record": False}
+# The quick setting's sweep (`--tune`): the same grid and tuning seed for every model; the record's
+# per-model rate replaces learning_rate / bt_learning_rate / tt_learning_rate.
+TUNING_GRID = {"learning_rate": [1e-3, 3e-3, 1e-2]}
+# Superseded by the record's per-model rate (bt/tt_learning_rate), or evaluation-only
+# (test_sequences): not part of what a sweep depends on.
+TUNING_IGNORED_KEYS = ("bt_learning_rate", "tt_learning_rate", "test_sequences")
+# The full setting's rates (results.json `tuning` when no record is read).
+FULL_TUNING = ("not re-derived: the dense, BT and TT rates of the full setting come from a sweep "
+               "of an earlier version on the digits that were then the validation split (now "
+               "training digits)")
 PAPER = {"claim": "BT-LSTM: 17,388x fewer parameters than the LSTM and over 15.6 points more "
                   "accurate on UCF11 (57,600-dim frames, hidden 256); better than TT-RNN at the "
                   "same rank",
@@ -244,6 +243,20 @@ def plot_curves(histories: dict, path: str, title: str) -> str:
   return common.save_figure(fig, path)
 
 
+def tuning_arms(config: dict):
+  """The sweep's arms (`common.tune_experiment`): validation accuracy of every model."""
+  config = common.merge_config(DEFAULTS, config)
+  dataset = load_sequences(config)
+
+  def score_fn(name):
+    def score(values, view, seed):
+      model = build_model(name, config, view.num_classes)
+      tcfg = common.train_config({**config, **values, "seed": int(seed)})
+      return train.fit(model, view, tcfg, None, verbose=False).metrics["val_accuracy"]
+    return score
+  return {name: score_fn(name) for name in config["models"]}, dataset
+
+
 def run(config: dict) -> dict:
   """Trains every model for every seed; returns (and writes) the results record."""
   config = common.merge_config(DEFAULTS, config)
@@ -256,9 +269,10 @@ def run(config: dict) -> dict:
   data_time = timer()
   workdir = config["workdir"] or None
   metrics, histories = {}, {}
+  tuned, tuning = common.apply_tuning(sys.modules[__name__], config)
   for name in config["models"]:
     model = build_model(name, config, dataset.num_classes)
-    lr = model_learning_rate(name, config)
+    lr = float(tuned.get(name, {}).get("learning_rate", model_learning_rate(name, config)))
     runs = []
     for seed in config["seeds"]:
       run_dir = os.path.join(workdir, f"{name}_s{seed}") if workdir else None
@@ -305,7 +319,7 @@ def run(config: dict) -> dict:
         f"{dataset.name}: {len(config['seeds'])} seed(s), hidden {config['hidden']}")
   return common.write_results(workdir, NAME, config, metrics, PAPER, timer(), plots=plots,
                               histories={k: v[0] for k, v in histories.items()},
-                              tuning=QUICK_TUNING)
+                              **({"tuning": FULL_TUNING} | tuning))
 
 
 def report_rows(results: dict) -> list[dict]:
@@ -315,9 +329,10 @@ def report_rows(results: dict) -> list[dict]:
   lr = cfg["learning_rate"]
   scale = "paper" if cfg["dataset"].startswith("ucf") else "proxy"
   setting = (f"task {cfg['task']} on {cfg['dataset']} (T={cfg['seq_len']}), hidden "
-             f"{cfg['hidden']}, {cfg['steps']} steps, Adam lr dense {lr:g} / BT "
-             f"{cfg.get('bt_learning_rate') or lr:g} / TT {cfg.get('tt_learning_rate') or lr:g}, "
-             f"seeds {', '.join(str(v) for v in cfg['seeds'])}")
+             f"{cfg['hidden']}, {cfg['steps']} steps, "
+             + (common.tuning_text(results) or f"Adam lr dense {lr:g} / BT "
+                f"{cfg.get('bt_learning_rate') or lr:g} / TT {cfg.get('tt_learning_rate') or lr:g}")
+             + f", seeds {', '.join(str(v) for v in cfg['seeds'])}")
   bts = [k for k in m if isinstance(m[k], dict) and k.startswith("bt_lstm")]
   acc = lambda k: evidence.format_summary(evidence.summarize(m[k]["test_accuracy_seeds"]), 100)
   rows = []

@@ -230,6 +230,154 @@ def run_experiment(module, config: Mapping[str, Any], overwrite: bool = False) -
     return module.run(config)
 
 
+# --- Committed tuning records -------------------------------------------------------------------
+# An experiment whose quick setting has tuned hyperparameters defines `TUNING_GRID` ({config key:
+# [values]}: the tuned keys and the grid fixed before the sweep), `tuning_arms(config) ->
+# (score_fns, dataset)` ({arm: score_fn(values, view, seed) -> validation score}, and the dataset
+# whose test-less view the score functions get; None for synthetic data), optionally
+# `TUNING_IGNORED_KEYS` (its config keys that do not change training, e.g. timing-only ones) and
+# `TUNING_MAXIMIZE` (False when a lower score is better). `python -m experiments.<name> --tune`
+# (`tune_experiment`) runs the sweep for the QUICK setting and writes `tuning/<name>.json` beside
+# this file; the quick setting (`"tuning_record": True`) reads it back with `apply_tuning`.
+TUNING_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuning")
+# Keys that never change what a training run computes (where it writes, which evaluation seeds,
+# how often it logs, evaluates or checkpoints, the evaluation batch): not part of a record's
+# `setting`, so changing them does not make a record stale.
+UNTRAINED_KEYS = ("workdir", "data_dir", "seed", "seeds", "log_every", "eval_every",
+                  "checkpoint_every", "eval_batch_size", "tuning_record")
+TUNING_RECORD_HELP = ("read the tuned values (per arm) from the experiment's committed tuning "
+                      "record, experiments/tuning/<name>.json (the quick setting does)")
+
+
+def tuning_path(experiment: str) -> str:
+  """Where the committed tuning record of `experiment` lives (`experiments/tuning/<name>.json`)."""
+  return os.path.join(TUNING_DIR, f"{experiment}.json")
+
+
+def tuning_setting(module, config: Mapping[str, Any]) -> dict:
+  """The part of `config` a sweep's result depends on: every key but the tuned ones
+  (`module.TUNING_GRID`), `UNTRAINED_KEYS` and `module.TUNING_IGNORED_KEYS`, as JSON values."""
+  skip = set(module.TUNING_GRID) | set(UNTRAINED_KEYS) | set(
+      getattr(module, "TUNING_IGNORED_KEYS", ()))
+  setting = {k: v for k, v in {**module.DEFAULTS, **config}.items()
+             if k in module.DEFAULTS and k not in skip}
+  return json.loads(json.dumps(setting, sort_keys=True, default=str))
+
+
+def stale_keys(record: Mapping[str, Any], setting: Mapping[str, Any]) -> list:
+  """The keys whose value differs between a record's `setting` and `setting` (sorted)."""
+  old = record.get("setting", {})
+  return sorted(k for k in set(old) | set(setting) if old.get(k, "<absent>")
+                != setting.get(k, "<absent>"))
+
+
+def tune_experiment(module, config: Mapping[str, Any], grid: Optional[Mapping[str, Any]] = None,
+                    seeds=None, path: Optional[str] = None, command: str = "",
+                    verbose: bool = True) -> dict:
+  """Runs `module`'s validation sweep for `config` and writes the tuning record to `path`.
+
+  Every arm gets the same grid and seeds (`fastnets.train.tune_arms`); the score functions see
+  only `dataset.without_test()`. The record: {experiment, command, date, jax_version, setting
+  (`tuning_setting`), grid, seeds, maximize, arms ({arm: grid_search record}), chosen ({arm:
+  {key: value}}), wall_time_s}.
+
+  Args:
+    module: the experiment module (`NAME`, `DEFAULTS`, `TUNING_GRID`, `tuning_arms`).
+    config: the setting swept (the CLI passes the merged QUICK config).
+    grid: the grid (default `module.TUNING_GRID`; a smoke test passes a tiny one with the same
+      keys).
+    seeds: tuning seeds (default: the first of `fastnets.evidence.TUNING_SEEDS`).
+    path: where the record goes (default `tuning_path(module.NAME)`); None-like "" writes nothing.
+    command: the command line recorded.
+  """
+  from fastnets import evidence, train
+
+  grid = dict(module.TUNING_GRID if grid is None else grid)
+  if set(grid) != set(module.TUNING_GRID):
+    raise ValueError(f"grid keys {sorted(grid)} must be the experiment's tuned keys "
+                     f"{sorted(module.TUNING_GRID)}.")
+  seeds = [int(s) for s in (evidence.TUNING_SEEDS[:1] if seeds is None else seeds)]
+  config = merge_config(module.DEFAULTS, config)
+  timer = Timer()
+  score_fns, dataset = module.tuning_arms(config)
+  maximize = bool(getattr(module, "TUNING_MAXIMIZE", True))
+  arms = train.tune_arms(score_fns, grid, dataset, seeds=seeds, maximize=maximize,
+                         verbose=verbose)
+  record = {
+      "experiment": module.NAME,
+      "command": command or f"python -m experiments.{module.NAME} --tune",
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "jax_version": jax.__version__,
+      "setting": tuning_setting(module, config),
+      "grid": {k: list(v) for k, v in grid.items()},
+      "seeds": seeds,
+      "maximize": maximize,
+      "arms": arms,
+      "chosen": {arm: dict(r["chosen"]) for arm, r in arms.items()},
+      "wall_time_s": timer(),
+  }
+  path = tuning_path(module.NAME) if path is None else path
+  if path:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, record)
+  return record
+
+
+def apply_tuning(module, config: Mapping[str, Any]) -> tuple:
+  """The tuned values a run uses, and what its results.json says about them.
+
+  Returns `(chosen, extra)`: `chosen` is {arm: {key: value}} from the committed record when
+  `config["tuning_record"]` is set and the record exists (else {}: every arm keeps the config's
+  values); `extra` holds the keyword arguments for `write_results`: `tuning` (the whole record,
+  or "not re-derived ..." when the record is missing; absent when the config does not read one),
+  and, with a record, `tuning_stale` (whether its `setting` differs from this config's) and
+  `tuning_stale_keys`. A stale record still runs: the report shows it, and
+  tests/test_experiments.py fails on it.
+  """
+  if not config.get("tuning_record"):
+    return {}, {}
+  path = tuning_path(module.NAME)
+  if not os.path.exists(path):
+    return {}, {"tuning": f"not re-derived: no tuning record experiments/tuning/"
+                          f"{module.NAME}.json; the config's values are used"}
+  with open(path) as f:
+    record = json.load(f)
+  stale = stale_keys(record, tuning_setting(module, config))
+  if stale:
+    print(f"warning: experiments/tuning/{module.NAME}.json was swept in another setting (keys "
+          f"{stale}); rerun `python -m experiments.{module.NAME} --tune`", flush=True)
+  return record["chosen"], {"tuning": record, "tuning_stale": bool(stale),
+                            "tuning_stale_keys": stale}
+
+
+def tuning_text(results: Mapping[str, Any], short: Optional[Mapping[str, str]] = None) -> str:
+  """A row's `setting` words for where its tuned values came from, e.g. "lr tuned on validation
+  (lr in 0.0003/0.001/0.003, tuning seed(s) 1000): dense 0.001, fastfood_adaptive 0.003;
+  experiments/tuning/deep_fried.json"; "" when the run does not read a record. `short` renames
+  keys (learning_rate -> lr by default)."""
+  tuning = results.get("tuning")
+  if not results.get("config", {}).get("tuning_record"):
+    return ""
+  if not isinstance(tuning, Mapping) or "chosen" not in tuning:
+    return "tuning not re-derived (no tuning record)"
+  names = {"learning_rate": "lr", **(short or {})}
+  keys = ", ".join(names.get(k, k) for k in tuning["grid"])
+  chosen = tuning["chosen"]
+  values = lambda v: "/".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v.values())
+  if len({json.dumps(v, sort_keys=True) for v in chosen.values()}) == 1:
+    picked = values(next(iter(chosen.values())))
+  else:
+    picked = ", ".join(f"{arm} {values(v)}" for arm, v in chosen.items())
+  grid = "; ".join(f"{names.get(k, k)} in {values(dict(enumerate(v)))}"
+                   for k, v in tuning["grid"].items())
+  text = (f"{keys} tuned on validation ({grid}, tuning seed(s) "
+          f"{', '.join(str(s) for s in tuning['seeds'])}): {picked}; "
+          f"experiments/tuning/{tuning['experiment']}.json")
+  if results.get("tuning_stale"):
+    text += f" (STALE: swept with other {', '.join(results.get('tuning_stale_keys', []))})"
+  return text
+
+
 def _attribute_docs(doc: str) -> dict:
   """`{name: text}` from the `Attributes:`/`Args:` section of a Google-style docstring."""
   out, name, section = {}, None, False
@@ -289,7 +437,8 @@ def _train_help() -> dict:
       data_dir="tensorflow-datasets data directory (empty: tfds' default)",
       model=("a registered model name (fastnets.models.model_names(); a depth may follow "
              "resnet, e.g. resnet32)"),
-      seeds="how many of the evaluation seeds (fastnets.evidence.EVAL_SEEDS), from the first")
+      seeds="how many of the evaluation seeds (fastnets.evidence.EVAL_SEEDS), from the first",
+      tuning_record=TUNING_RECORD_HELP)
   return helps
 
 
@@ -395,7 +544,8 @@ def main(module) -> None:
   """The `__main__` of an experiment module: flags from DEFAULTS (help from the comments of its
   DEFAULTS literal and the module's `HELP`, choices from its `CHOICES`), `--quick` and `--smoke`
   switch to the module's QUICK / SMOKE overrides (explicit flags still win), the workdir is
-  claimed (`claim_workdir`), then `run`."""
+  claimed (`claim_workdir`), then `run`. `--tune` instead runs the QUICK setting's validation
+  sweep and writes its tuning record (`tune_experiment`)."""
   import sys
 
   from absl import app, flags
@@ -408,6 +558,9 @@ def main(module) -> None:
       ("smoke", False, "use the experiment's tiny smoke-test setting (numbers meaningless)"),
       ("overwrite", False, "replace the results of a different configuration in --workdir"),
       ("debug", False, "show the traceback of a user error instead of one line"),
+      ("tune", False, "run the experiment's validation sweep for its QUICK setting (explicit "
+                      "flags still win) and write experiments/tuning/<name>.json, the record "
+                      "the quick setting reads"),
       ("distributed", False, "call jax.distributed.initialize() (multi-host)")):
     flags.DEFINE_bool(name, default, text, module_name=main_name)
 
@@ -420,6 +573,18 @@ def main(module) -> None:
       jax.distributed.initialize()
     config = config_from_flags(module.DEFAULTS)
     explicit = {n: config[n] for n in module.DEFAULTS if flags.FLAGS[n].present}
+    if flags.FLAGS.tune:
+      if not hasattr(module, "TUNING_GRID"):
+        print(f"error: {module.NAME} has no tuning sweep (--tune)", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+      config = merge_config(config, getattr(module, "QUICK", {}), explicit)
+      command = " ".join([f"python -m experiments.{module.NAME}"] + sys.argv[1:])
+      with compilation_cache():
+        record = exit_on_user_error(
+            lambda: tune_experiment(module, config, command=command), flags.FLAGS.debug)
+      print(f"wrote {tuning_path(module.NAME)} in {record['wall_time_s']:.0f} s: chosen "
+            f"{json.dumps(record['chosen'])}")
+      return
     if flags.FLAGS.smoke:
       config = merge_config(config, getattr(module, "SMOKE", {}), explicit)
     elif flags.FLAGS.quick:

@@ -3,7 +3,7 @@
     python -m experiments.low_precision --workdir=runs/low_precision --quick
 
 Runs, all with the same initialisation seed, data order and plain SGD at a small constant learning
-rate (0.01: the regime where round-to-nearest fails):
+rate (full setting: 0.01 for all, the regime where round-to-nearest fails; quick: see below):
 
 * `float32`: the reference.
 * `fixed16_fl<FL>_<nearest|stochastic>` for FL in 8, 10, 12, 14: Gupta's setting. Weights, biases,
@@ -40,9 +40,16 @@ and last layers accumulate in float32. `chunked_dot` is an exact simulation, far
 a BLAS matmul on a CPU; `fp8_chunk_layers="all"` chunks every layer as Wang did.
 
 Quick (the report's setting): bundled MNIST (7,000 train / 1,000 validation / 2,000 test), MLP
-784-100-100-10 (Gupta's 784-1000-1000-10, narrowed), batch 100, 2,000 SGD steps at lr 0.01,
+784-100-100-10 (Gupta's 784-1000-1000-10, narrowed), batch 100, 2,000 SGD steps,
 fraction bits 8 and 10 (the ones the claims name), three evaluation seeds; every comparison is a
 paired per-seed difference of test accuracies. The numbers are in results.json and the report.
+Learning rates: each run (float32, every fixed-point run, FP8) uses its own rate from the
+committed sweep `experiments/tuning/low_precision.json` (`python -m experiments.low_precision
+--tune`: the same grid 0.003, 0.01, 0.03 around the earlier fixed 0.01 for every run, fixed
+before the sweep, one tuning seed, validation accuracy only). Gupta compared the roundings at one
+small rate; tuning each run instead asks whether round-to-nearest still loses when it gets its
+best rate of the grid (the record shows which rate each run picked). When the sweep was run, test
+numbers of the earlier setting (0.01 for all) had been seen.
 Full (DEFAULTS): CIFAR-10 from tfds (`--data_dir`), the Caffe "cifar10 quick"-style CNN that Gupta
 used (conv 5x5 32-32-64 with pooling, dense 64, 10), 20,000 steps.
 
@@ -98,12 +105,15 @@ DEFAULTS = {
     "fp8_loss_scale": 1.0,           # power of two; gradients are computed for loss * scale
     "rng": "hash",                   # random bits of stochastic rounding: "hash" or "jax"
     "seeds": [0, 1, 2],              # evaluation seeds (init, data order, rounding keys)
+    "tuning_record": False,          # read per-run learning rates from tuning/low_precision.json
 }
 QUICK = {"dataset": "mnist_bundled", "model": "mlp", "features": [100, 100], "steps": 2000,
-         "log_every": 200, "eval_every": 200, "fraction_bits": [8, 10]}
+         "log_every": 200, "eval_every": 200, "fraction_bits": [8, 10], "tuning_record": True}
 SMOKE = {"dataset": "mnist_bundled", "model": "mlp", "features": [16, 16], "steps": 3,
          "batch_size": 20, "log_every": 1, "eval_every": 0, "eval_batch_size": 500,
          "fraction_bits": [8], "seeds": [0]}
+# The quick setting's sweep (`--tune`): the same grid and tuning seed for every run name.
+TUNING_GRID = {"learning_rate": [0.003, 0.01, 0.03]}
 PAPER = {
     "claim": "16-bit fixed point with stochastic rounding trains about as well as float32, and "
              "round-to-nearest fails at few fraction bits (Gupta et al. 2015); FP8 operands with "
@@ -298,6 +308,75 @@ def run_names(config: dict) -> list[str]:
   return names + (["fp8"] if config["fp8"] else [])
 
 
+def _ranges(model32, params, dataset, config, seed) -> dict:
+  """Per-layer max |value| of the float32 net at its initial and at `params`, on one batch."""
+  batch = next(data.train_batches(dataset, config["batch_size"], seed))
+  init_key = train.init_key(seed)
+  params0 = model32.init({"params": init_key, "dropout": init_key}, batch["image"][:1])["params"]
+  r0 = measure_ranges(model32, params0, batch)
+  r1 = measure_ranges(model32, params, batch)
+  return {n: {k: max(r0[n][k], r1[n][k]) for k in r0[n]} for n in r0}
+
+
+def _recipes(ranges: dict, config: dict) -> dict:
+  """{run name: (recipe, update rounding mode)} of the fixed-point grid and FP8."""
+  recipes = {}
+  for fl in config["fraction_bits"]:
+    for mode in config["roundings"]:
+      recipes[f"fixed{config['word_bits']}_fl{fl}_{mode}"] = (
+          fixed_recipe(ranges, fl, mode, config["word_bits"], config["range_headroom"],
+                       config["rng"]), mode)
+  if config["fp8"]:
+    recipes["fp8"] = (fp8_recipe(list(ranges), config["fp8_chunk"], config["fp8_chunk_layers"],
+                                 config["fp8_loss_scale"], config["rng"]), "stochastic")
+  return recipes
+
+
+def _fit_quantized(name: str, index: int, recipes: dict, num_layers: int, dataset, config):
+  """Trains run `name` (the `index`-th recipe) with `config["seed"]`."""
+  recipe, update_mode = recipes[name]
+  seed = int(config["seed"])
+  model = _net(config, dataset.num_classes, kernel_formats=recipe.kernel_formats(num_layers),
+               eval_select=recipe.eval_select)
+  wrapper = functools.partial(ops.low_precision_updates, fmt=recipe.param_format,
+                              mode=update_mode, key=jax.random.key(seed + 1 + index),
+                              rng=config["rng"])
+  return _fit(model, dataset, config, f"{name}_seed{seed}", loss_fn=make_loss_fn(model, recipe),
+              tx_wrapper=wrapper)
+
+
+def tuning_arms(config: dict):
+  """The sweep's arms (`common.tune_experiment`): validation accuracy of every run name.
+
+  The fixed-point formats of the sweep come from a float32 run at the config's learning rate on
+  the tuning seed (the evaluation runs measure them on their own float32 run), so every point of
+  the grid of a quantised arm uses the same formats.
+  """
+  config = common.merge_config({**DEFAULTS, "verbose": False}, config,
+                               {"workdir": "", "checkpoint_every": 0})
+  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
+  model32 = _net(config, dataset.num_classes)
+  formats = {}  # tuning seed -> (recipes, number of layers)
+
+  def recipes_for(view, seed):
+    if seed not in formats:
+      result = _fit(model32, view, {**config, "seed": seed}, "ranges")
+      ranges = _ranges(model32, result.state.params, view, config, seed)
+      formats[seed] = (_recipes(ranges, config), len(ranges))
+    return formats[seed]
+
+  def score_fn(name):
+    def score(values, view, seed):
+      cfg = {**config, **values, "seed": seed}
+      if name == "float32":
+        return _fit(model32, view, cfg, name).metrics["val_accuracy"]
+      recipes, num_layers = recipes_for(view, seed)
+      index = list(recipes).index(name)
+      return _fit_quantized(name, index, recipes, num_layers, view, cfg).metrics["val_accuracy"]
+    return score
+  return {name: score_fn(name) for name in run_names(config)}, dataset
+
+
 def run(config: dict) -> dict:
   """Trains float32, the fixed-point grid and FP8; returns the results record."""
   config = common.merge_config({**DEFAULTS, "verbose": True}, config)
@@ -327,42 +406,21 @@ def run(config: dict) -> dict:
     print(f"[{NAME}] {name} seed {seed}: test accuracy {m['test_accuracy']:.4f} "
           f"({m['wall_time_s']:.1f} s)", flush=True)
 
+  tuned, tuning = common.apply_tuning(sys.modules[__name__], config)
+  arm = lambda name, seed: {**config, **tuned.get(name, {}), "seed": seed}
   model32 = _net(config, dataset.num_classes)
   recipes = ranges = None
   for seed in seeds:
-    seed_config = {**config, "seed": seed}
     # float32 reference; the first seed's run also gives the value ranges that choose the
     # integer bits (the same formats for every seed).
-    result32 = _fit(model32, dataset, seed_config, f"float32_seed{seed}")
+    result32 = _fit(model32, dataset, arm("float32", seed), f"float32_seed{seed}")
     record("float32", result32, seed)
     if recipes is None:
-      batch = next(data.train_batches(dataset, config["batch_size"], seed))
-      init_key = train.init_key(seed)
-      params0 = model32.init({"params": init_key, "dropout": init_key},
-                             batch["image"][:1])["params"]
-      r0 = measure_ranges(model32, params0, batch)
-      r1 = measure_ranges(model32, result32.state.params, batch)
-      ranges = {n: {k: max(r0[n][k], r1[n][k]) for k in r0[n]} for n in r0}
-      recipes = {}
-      for fl in config["fraction_bits"]:
-        for mode in config["roundings"]:
-          recipes[f"fixed{config['word_bits']}_fl{fl}_{mode}"] = (
-              fixed_recipe(ranges, fl, mode, config["word_bits"], config["range_headroom"],
-                           config["rng"]), mode)
-      if config["fp8"]:
-        recipes["fp8"] = (fp8_recipe(list(ranges), config["fp8_chunk"],
-                                     config["fp8_chunk_layers"], config["fp8_loss_scale"],
-                                     config["rng"]), "stochastic")
-    num_layers = len(ranges)
-    for i, (name, (recipe, update_mode)) in enumerate(recipes.items()):
-      model = _net(config, dataset.num_classes, kernel_formats=recipe.kernel_formats(num_layers),
-                   eval_select=recipe.eval_select)
-      wrapper = functools.partial(ops.low_precision_updates, fmt=recipe.param_format,
-                                  mode=update_mode, key=jax.random.key(seed + 1 + i),
-                                  rng=config["rng"])
-      result = _fit(model, dataset, seed_config, f"{name}_seed{seed}",
-                    loss_fn=make_loss_fn(model, recipe), tx_wrapper=wrapper)
-      record(name, result, seed, recipe)
+      ranges = _ranges(model32, result32.state.params, dataset, config, seed)
+      recipes = _recipes(ranges, config)
+    for i, name in enumerate(recipes):
+      result = _fit_quantized(name, i, recipes, len(ranges), dataset, arm(name, seed))
+      record(name, result, seed, recipes[name][0])
 
   for name, runs in per_seed.items():
     metrics[name] = {
@@ -377,9 +435,11 @@ def run(config: dict) -> dict:
   plots = {}
   if workdir:
     plots["curves"] = plot_curves(histories, metrics, config, os.path.join(workdir, "curves.png"))
+  for name in metrics:
+    metrics[name]["learning_rate"] = float(arm(name, 0)["learning_rate"])
   return common.write_results(workdir, NAME, config, metrics, PAPER, timer(), formats=formats,
                               ranges=ranges, history=histories, plots=plots,
-                              dataset=dataset.name)
+                              dataset=dataset.name, **tuning)
 
 
 def plot_curves(histories: dict, metrics: dict, config: dict, path: str) -> str:
@@ -431,8 +491,9 @@ def report_rows(results: dict) -> list[dict]:
   gaps = PAPER["value"]
   scale = "paper" if cfg["dataset"] == "cifar10" and cfg["steps"] >= 20000 else "proxy"
   setting = (f"{cfg['dataset']}, {cfg['model']} {cfg['features']}, {cfg['steps']} "
-             f"{cfg['optimizer']} steps at lr {cfg['learning_rate']}, batch {cfg['batch_size']}, "
-             f"seeds {', '.join(str(v) for v in cfg['seeds'])}")
+             f"{cfg['optimizer']} steps, batch {cfg['batch_size']}, seeds "
+             f"{', '.join(str(v) for v in cfg['seeds'])}; "
+             f"{common.tuning_text(results) or 'lr ' + str(cfg['learning_rate'])}")
   acc = lambda name: m[name]["test_accuracy_per_seed"] if name in m else None
   summary = lambda v: evidence.format_summary(evidence.summarize(v), 100)
 

@@ -154,3 +154,67 @@ def test_concurrent_experiments_time_nothing(name):
                  "speedup"):
     assert marker not in source, f"{name} times something ({marker!r}): remove it from " \
                                  "report.CONCURRENT_SAFE"
+
+
+TUNED = sorted(os.path.splitext(f)[0] for f in os.listdir(common.TUNING_DIR)
+               if f.endswith(".json")) if os.path.isdir(common.TUNING_DIR) else []
+
+
+@pytest.mark.parametrize("name", TUNED)
+def test_tuning_records_match_quick_settings(name):
+  """A committed sweep is the quick setting's: same setting, grid and arms; otherwise rerun
+  `python -m experiments.<name> --tune` (the quick run then says `tuning_stale`)."""
+  module = importlib.import_module(f"experiments.{name}")
+  with open(common.tuning_path(name)) as f:
+    record = json.load(f)
+  quick = common.merge_config(module.DEFAULTS, module.QUICK)
+  assert quick["tuning_record"], f"{name}: QUICK does not read its tuning record"
+  stale = common.stale_keys(record, common.tuning_setting(module, quick))
+  assert not stale, f"{name}: record swept with other {stale}; rerun with --tune"
+  assert record["grid"] == json.loads(json.dumps(module.TUNING_GRID))
+  assert not set(record["seeds"]) & set(evidence.EVAL_SEEDS)
+  assert record["chosen"] and all(set(v) == set(module.TUNING_GRID)
+                                  for v in record["chosen"].values())
+  assert set(record["chosen"]) == set(record["arms"])
+
+
+def test_tune_path_hides_test_and_quick_run_reads_the_record(tmp_path, monkeypatch):
+  """The one smoke of the tune path: `--tune`'s driver on deep_fried's SMOKE setting (a one-point
+  grid) sees no test split; the run that reads the record embeds it, a changed setting is
+  `tuning_stale`, a missing record says "not re-derived"."""
+  from experiments import deep_fried
+  from fastnets import data
+
+  monkeypatch.setattr(common, "TUNING_DIR", str(tmp_path / "tuning"))
+  arms_fn = deep_fried.tuning_arms
+
+  def checked_arms(config):  # Every score function must get the test-less view.
+    fns, dataset = arms_fn(config)
+
+    def check(fn):
+      def score(values, view, seed):
+        with pytest.raises(data.HiddenSplitError):
+          view.split("test")
+        return fn(values, view, seed)
+      return score
+    return {arm: check(fn) for arm, fn in fns.items()}, dataset
+
+  monkeypatch.setattr(deep_fried, "tuning_arms", checked_arms)
+  config = common.merge_config(deep_fried.DEFAULTS, deep_fried.SMOKE,
+                               {"variants": ["dense"], "workdir": str(tmp_path / "run")})
+  record = common.tune_experiment(deep_fried, config, grid={"learning_rate": [3e-3]},
+                                  verbose=False)
+  assert record["chosen"] == {"dense": {"learning_rate": 3e-3}}
+  assert record["seeds"] == [evidence.TUNING_SEEDS[0]] and "learning_rate" not in record["setting"]
+  assert json.load(open(common.tuning_path("deep_fried")))["setting"] == record["setting"]
+  results = deep_fried.run({**config, "tuning_record": True})
+  assert results["tuning"]["chosen"] == record["chosen"] and not results["tuning_stale"]
+  assert results["metrics"]["dense"]["learning_rate"] == 3e-3
+  assert common.tuning_text(results).endswith("): 0.003; experiments/tuning/deep_fried.json")
+  # Untrained keys (seeds, workdir) never make a record stale; a training key does.
+  _, extra = common.apply_tuning(deep_fried, {**config, "tuning_record": True, "seeds": [1, 2],
+                                              "workdir": "elsewhere", "steps": 3})
+  assert extra["tuning_stale"] and extra["tuning_stale_keys"] == ["steps"]
+  os.remove(common.tuning_path("deep_fried"))
+  chosen, extra = common.apply_tuning(deep_fried, {**config, "tuning_record": True})
+  assert chosen == {} and extra["tuning"].startswith("not re-derived")
