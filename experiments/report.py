@@ -95,7 +95,7 @@ def _minutes(seconds: float) -> str:
 
 
 # Experiments whose rows hold no wall-clock measurement: the report runs them side by side
-# (`jobs` at a time, each on one XLA thread) before the others. Every experiment with a timing row
+# (`jobs` at a time, each on its own core) before the others. Every experiment with a timing row
 # runs alone on all cores (never beside another job). `test_concurrent_experiments_time_nothing`
 # keeps timing code out of these modules.
 CONCURRENT_SAFE = frozenset({
@@ -152,9 +152,19 @@ def _run_in_worker(package: str, name: str, config: dict) -> tuple:
   return _run_here(importlib.import_module(f"{package}.{name}"), config)
 
 
+def _pin_worker(cores: list, counter) -> None:
+  """Worker initializer: the next of `cores` for this worker, before its XLA starts (XLA:CPU sizes
+  its thread pool from the cores it may use), so that side-by-side jobs do not share a core."""
+  with counter.get_lock():
+    index = counter.value
+    counter.value += 1
+  os.sched_setaffinity(0, {cores[index % len(cores)]})
+
+
 def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict:
-  """Runs `names` in `jobs` fresh processes (spawned, each XLA on one thread, sharing this run's
-  compilation cache); returns {name: outcome} as `_run_here` gives it."""
+  """Runs `names` in `jobs` fresh processes (spawned, each on its own core where the platform
+  allows, XLA on one thread, sharing this run's compilation cache); returns {name: outcome} as
+  `_run_here` gives it."""
   jax.devices()  # This process's XLA keeps its threads: it is set up before the flags change.
   saved = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
                                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
@@ -166,7 +176,11 @@ def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict
   outcomes = {}
   try:
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    pin = {}
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+      pin = {"initializer": _pin_worker,
+             "initargs": (sorted(os.sched_getaffinity(0)), context.Value("i", 0))}
+    with futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, **pin) as pool:
       running = {pool.submit(_run_in_worker, __package__, n, configs[n]): n for n in names}
       for future in futures.as_completed(running):
         name = running[future]
@@ -315,7 +329,7 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
   with common.compilation_cache():
     if concurrent:
       print(f"{len(concurrent)} experiments without timings run {jobs} at a time, each on one "
-            f"XLA thread: {', '.join(concurrent)}", flush=True)
+            f"core: {', '.join(concurrent)}", flush=True)
       outcomes.update(_run_concurrently(concurrent, configs, jobs, pace))
     for name in alone:  # Timing experiments (and everything when jobs=1) run alone, on all cores.
       print(pace.line(name, "starts"), flush=True)
@@ -404,7 +418,7 @@ if __name__ == "__main__":
   flags.DEFINE_bool("overwrite", False, "replace results of other configurations in the "
                     "experiments' workdirs (without it, the report refuses them)")
   flags.DEFINE_integer("jobs", 2, "experiments without timing rows run this many at a time, each "
-                       "on one XLA thread; the others always run alone (1: all one after another)",
+                       "on its own core; the others always run alone (1: all one after another)",
                        lower_bound=1)
   flags.DEFINE_bool("debug", False, "show the traceback of a user error instead of one line")
   app.run(main, flags_parser=common.parse_flags_or_exit)
