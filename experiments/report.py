@@ -10,6 +10,11 @@ then one section per experiment with its plots. `--results_doc` also writes the 
 its plots copied beside it, to the given path (the repository's docs/RESULTS.md is written this
 way, never by hand). `--only=baseline,revnet` runs a subset; `--smoke` the tiny test settings
 (seconds; every row then says scale `smoke` and its numbers mean nothing).
+
+The experiments without timing rows (`CONCURRENT_SAFE`) run first, `--jobs` at a time, each in a
+spawned process pinned to its own core; the others run alone afterwards, on all cores. XLA on one
+core sums in another order than on two, so a concurrent experiment's numbers can differ from its
+CLI run's in the last bits, and after training in the seed-to-seed noise, never systematically.
 """
 
 import importlib
@@ -59,17 +64,16 @@ EXPERIMENTS = [
     "memory_planning",
 ]
 
-# Rough quick-setting durations in seconds on 2 idle CPU cores, for the progress line's estimate
-# only (the estimate is rescaled by how fast this machine ran the experiments done so far).
+# Quick-setting durations in seconds, for the progress line's estimate only (rescaled by how fast
+# this machine ran the experiments done so far): the main job of 2026-12-06 on 2 idle CPU cores;
+# the CONCURRENT_SAFE ones each on its own core beside another.
 EXPECTED_S = {
-    "baseline": 60, "bt_rnn": 150, "revnet": 150, "sparse_inference": 90, "pacgan": 200,
-    "low_precision": 120, "deep_fried": 90, "dynamic_downsampling": 200, "ffnet": 90,
-    "bench_fastfood": 40, "bench_rounding": 20, "bench_sparse_conv": 60, "bench_reversible": 40,
-    "bench_bt_rnn": 20, "ktanh": 90, "abc_net": 150,
-    "gm_sop": 120, "pkt": 120,
-    "lcw": 160, "memory_planning": 100,
-    "anl": 150, "vcl": 100, "batchnorm_study": 200, "gate_decorator": 150,
-    "free_tickets": 100, "selective_conv": 130,
+    "baseline": 241, "bt_rnn": 162, "revnet": 385, "sparse_inference": 253, "pacgan": 360,
+    "low_precision": 125, "deep_fried": 158, "dynamic_downsampling": 282, "ffnet": 264,
+    "ktanh": 52, "abc_net": 88, "gm_sop": 94, "pkt": 203, "lcw": 122, "anl": 111, "vcl": 121,
+    "batchnorm_study": 178, "gate_decorator": 67, "free_tickets": 61, "selective_conv": 178,
+    "bench_fastfood": 22, "bench_rounding": 4, "bench_sparse_conv": 35, "bench_reversible": 24,
+    "bench_bt_rnn": 43, "memory_planning": 66,
 }
 DEFAULT_EXPECTED_S = 90
 
