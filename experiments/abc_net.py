@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import benchmarking, data, evidence, models, ops
+from fastnets import benchmarking, evidence, models, ops
 from fastnets import nn as fnn
 
 from . import common
@@ -158,11 +158,7 @@ def time_packed_layer(features: int, batch: int, repeats: int) -> dict:
 
 
 def run(config: dict) -> dict:
-  config = common.merge_config(DEFAULTS, config)
-  timer = common.Timer()
-  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
-  tcfg = common.train_config(config)
-  seeds = [int(s) for s in config["seeds"]]
+  config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   metrics = {"models": {}, "packed": {"per_arm": {}}}
   for arm in config["arms"]:
     model = _arm_model(config, arm)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import benchmarking, data, evidence, models, train
+from fastnets import benchmarking, evidence, models, train
 
 from . import common
 
@@ -131,11 +131,7 @@ def _plot(metrics, arms, eps_values, path):
 
 
 def run(config: dict) -> dict:
-  config = common.merge_config(DEFAULTS, config)
-  timer = common.Timer()
-  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
-  tcfg = common.train_config(config)
-  seeds = [int(s) for s in config["seeds"]]
+  config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   eps_values = [float(e) for e in config["fgsm_eps"]]
   arms = [a for a in ARMS if a in config["arms"]]
   if "baseline" not in arms or set(config["arms"]) - set(ARMS):

@@ -30,7 +30,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import data, evidence, models, train
+from fastnets import evidence, models, train
 
 from . import common
 
@@ -157,11 +157,7 @@ def _plots(metrics, lrs, workdir):
 
 
 def run(config: dict) -> dict:
-  config = common.merge_config(DEFAULTS, config)
-  timer = common.Timer()
-  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
-  tcfg = common.train_config(config)
-  seeds = [int(s) for s in config["seeds"]]
+  config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   lrs = sorted(float(v) for v in config["lrs"])
   metrics = {}
   for arm in ARMS:

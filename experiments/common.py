@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 
@@ -611,6 +611,26 @@ def train_config(config: Mapping[str, Any]):
   if "decay_boundaries" in values:  # A flag list arrives as strings.
     values["decay_boundaries"] = tuple(int(b) for b in values["decay_boundaries"])
   return train.TrainConfig(**values)
+
+
+class Setup(NamedTuple):
+  """What most experiments' `run` starts from (`setup`)."""
+  config: dict
+  timer: "Timer"
+  dataset: Any
+  tcfg: Any
+  seeds: list
+
+
+def setup(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> Setup:
+  """The opening of an experiment's `run`: the config merged over `defaults`, a started `Timer`,
+  the dataset it names, its `TrainConfig` and its evaluation seeds as ints."""
+  from fastnets import data
+
+  config = merge_config(defaults, config)
+  timer = Timer()
+  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
+  return Setup(config, timer, dataset, train_config(config), [int(s) for s in config["seeds"]])
 
 
 def train_seeds(model, dataset, tcfg, seeds, workdir: Optional[str] = None,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import benchmarking, data, evidence, models, train
+from fastnets import benchmarking, evidence, models, train
 
 from . import common
 
@@ -96,11 +96,7 @@ def _step_times(named, tcfg, batch, repeats):
 
 
 def run(config: dict) -> dict:
-  config = common.merge_config(DEFAULTS, config)
-  timer = common.Timer()
-  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
-  tcfg = common.train_config(config)
-  seeds = [int(s) for s in config["seeds"]]
+  config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   metrics, named = {}, {}
   for head in HEADS:
     model = _model(config, head)

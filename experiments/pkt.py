@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnets import data, evidence, models, ops, train
+from fastnets import evidence, models, ops, train
 
 from . import common
 
@@ -112,11 +112,7 @@ def _retrieval_map(model, variables, dataset, chunk, database=0):
 
 
 def run(config: dict) -> dict:
-  config = common.merge_config(DEFAULTS, config)
-  timer = common.Timer()
-  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
-  tcfg = common.train_config(config)
-  seeds = [int(s) for s in config["seeds"]]
+  config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   chunk = config["eval_chunk"]
 
   teacher = models.PoolingCNN(num_classes=dataset.num_classes, head="gap",

@@ -19,7 +19,7 @@ Writes --workdir/results.json and accuracy.png.
 import statistics
 import sys
 
-from fastnets import data, evidence, models, train
+from fastnets import evidence, models, train
 
 from . import common
 
@@ -87,11 +87,7 @@ def _plot(metrics, path):
 
 
 def run(config: dict) -> dict:
-  config = common.merge_config(DEFAULTS, config)
-  timer = common.Timer()
-  dataset = data.load_dataset(config["dataset"], data_dir=config["data_dir"] or None)
-  tcfg = common.train_config(config)
-  seeds = [int(s) for s in config["seeds"]]
+  config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   names = [n for n in MODELS if n in config["models"]]
   if not names or set(config["models"]) - set(MODELS):
     raise ValueError(f"models must name some of {MODELS}, got {config['models']}.")
