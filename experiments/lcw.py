@@ -39,16 +39,8 @@ authors' (code gmum/lcw-generator: Adam, learning rates 1e-3 for the autoencoder
 generators, batch 128 / 256, code dimension 8, latent generator 5 x 512, closed-form Cramer-Wold
 kernel), with narrower networks and far fewer steps.
 
-Measured here (QUICK, seeds 0-2; 2 CPU cores shared with other jobs, load average 10-13: 6 min 32 s
-wall, 2 min 27 s CPU, most of it compilation and the GAN arms). Ring: LCW 8/8
-modes on every seed (GAN 8, 3, 8; PacGAN2 8, 7, 7), reverse KL 0.09 (GAN 0.60), high quality 27%
-(GAN 16%), every difference inside the seeds' interval. Grid: LCW 21.3 modes against 10.0 (GAN)
-and 11.0 (PacGAN2), reverse KL 0.43 against 1.11 and 1.10, both decided; all arms' grid samples
-are still diffuse after 1,000 steps (1-4% high quality) and every run of every arm misses a grid
-mode. MNIST: Frechet distance (classifier features; 0.45 for real digits) LCW 104 +- 11, CWAE
-123 +- 5, GAN 340 +- 43; the GAN collapses onto 1-3 digit classes at 800 steps, while the LCW and
-CWAE samples cover all ten. These are short-run proxies: the GANs are far from the paper's 400,000
-steps.
+The numbers are in results.json and docs/RESULTS.md. All three tasks are short-run proxies: the
+GANs are far from the paper's 400,000 steps.
 
 Writes --workdir/results.json, samples_<ring|grid>.png and samples_mnist.png.
 """
@@ -196,14 +188,7 @@ def _lcw_synthetic(config, datasets):
   tx = optax.adam(optax.cosine_decay_schedule(config["lcw_learning_rate"], config["steps"],
                                               alpha=0.05)
                   if config["lr_schedule"] == "cosine" else config["lcw_learning_rate"])
-  seeds = [config["seed"] + s for s in range(config["seeds"])]
-  runs = [(d, s) for d in range(len(datasets)) for s in seeds]
-  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), d) for d, s in runs])
-  init_keys, train_keys, eval_keys = (jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
-                                      for i in range(3))
-  points = np.stack([synthetic.load_synthetic(datasets[d].name, seed=s,
-                                              num_points=config["num_points"]).points
-                     for d, s in runs])
+  runs, (init_keys, train_keys, eval_keys), points = pacgan.replica_runs(config, datasets)
   states = _replicated(lambda k: init_train_state(generator, tx, k, jnp.zeros((2, 2))),
                        init_keys)
   step = lcw_train.make_latent_generator_step(generator, tx, config["batch_size"], 2,

@@ -168,6 +168,20 @@ def _train_workdir(config: dict, name: str):
   return workdir
 
 
+def replica_runs(config: dict, datasets: list):
+  """The replicas of one 2-D training program: every (dataset index, seed) pair, their init,
+  train and eval keys (stacked) and training points (stacked). Seed s gives the same data,
+  initialisation and noise stream to every pack degree, and to experiments.lcw's generator."""
+  seeds = [config["seed"] + s for s in range(config["seeds"])]
+  runs = [(d, s) for d in range(len(datasets)) for s in seeds]
+  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), d) for d, s in runs])
+  split = tuple(jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys) for i in range(3))
+  points = np.stack([synthetic.load_synthetic(datasets[d].name, seed=s,
+                                              num_points=config["num_points"]).points
+                     for d, s in runs])
+  return runs, split, points
+
+
 def _train_synthetic_degree(config: dict, degree: int, datasets: list) -> dict:
   """Trains every (dataset, seed) run of one pack degree in one vmapped program."""
   gan_cfg = gan_train.GANConfig(batch_size=config["batch_size"], z_dim=2, noise="normal",
@@ -177,15 +191,7 @@ def _train_synthetic_degree(config: dict, degree: int, datasets: list) -> dict:
   discriminator = Packed(pacgan_models.MaxoutDiscriminator(
       hidden=config["disc_hidden"], pieces=config["disc_pieces"], depth=config["disc_depth"]),
       degree=degree)
-  seeds = [config["seed"] + s for s in range(config["seeds"])]
-  runs = [(d, s) for d in range(len(datasets)) for s in seeds]
-  # Seed s gives the same data, initialisation and noise stream to every pack degree.
-  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), d) for d, s in runs])
-  init_keys, train_keys, eval_keys = (jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
-                                      for i in range(3))
-  points = np.stack([synthetic.load_synthetic(datasets[d].name, seed=s,
-                                              num_points=config["num_points"]).points
-                     for d, s in runs])
+  runs, (init_keys, train_keys, eval_keys), points = replica_runs(config, datasets)
   states = jax.vmap(lambda k: gan_train.init_gan_state(generator, discriminator, gan_cfg, k,
                                                        (2,)))(init_keys)
   step = gan_train.make_gan_step(generator, discriminator, gan_cfg)
