@@ -423,21 +423,6 @@ def _forward(x, values, rows, cols, chans, nnz, bias, static, poison: bool = Fal
   return out[:, :ho, :wo, :co]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _sparse_conv_vjp(x, values, rows, cols, chans, nnz, bias, static):
-  return _forward(x, values, rows, cols, chans, nnz, bias, static)
-
-
-def _fwd(x, values, rows, cols, chans, nnz, bias, static):
-  out = _forward(x, values, rows, cols, chans, nnz, bias, static)
-  return out, (x, values, rows, cols, chans, nnz, bias)
-
-
-def _bwd(static, res, g):
-  kernel_shape, strides, padding, relu, _, _ = static
-  return _reference_cotangents(kernel_shape, strides, padding, relu, res, g)
-
-
 def _reference_cotangents(kernel_shape, strides, padding, relu, res, g):
   """The backward pass of the kernels' custom VJPs: the reference's VJP at the saved inputs."""
   x, values, rows, cols, chans, nnz, bias = res
@@ -451,7 +436,29 @@ def _reference_cotangents(kernel_shape, strides, padding, relu, res, g):
   return gx, gv, None, None, None, None, gb
 
 
-_sparse_conv_vjp.defvjp(_fwd, _bwd)
+def _with_reference_vjp(forward):
+  """`forward(x, values, rows, cols, chans, nnz, bias, static)` as a custom VJP whose backward
+  pass is the reference's VJP (`_reference_cotangents`); `static` starts with
+  (kernel_shape, strides, padding, relu) and is not differentiated."""
+
+  def fwd(x, values, rows, cols, chans, nnz, bias, static):
+    return (forward(x, values, rows, cols, chans, nnz, bias, static),
+            (x, values, rows, cols, chans, nnz, bias))
+
+  def bwd(static, res, g):
+    kernel_shape, strides, padding, relu = static[:4]
+    return _reference_cotangents(kernel_shape, strides, padding, relu, res, g)
+
+  # Exactly these eight arguments: a default argument of `forward` (e.g. `poison`) stays its own.
+  def op(x, values, rows, cols, chans, nnz, bias, static):
+    return forward(x, values, rows, cols, chans, nnz, bias, static)
+
+  op = jax.custom_vjp(op, nondiff_argnums=(7,))
+  op.defvjp(fwd, bwd)
+  return op
+
+
+_sparse_conv_vjp = _with_reference_vjp(_forward)
 
 
 # Jitted so that eager calls compile once per shape and configuration.
@@ -542,22 +549,7 @@ def _native_forward(x, values, rows, cols, chans, nnz, bias, static):
     chunks=chunks, relu=relu, parallel=parallel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _native_vjp(x, values, rows, cols, chans, nnz, bias, static):
-  return _native_forward(x, values, rows, cols, chans, nnz, bias, static)
-
-
-def _native_fwd(x, values, rows, cols, chans, nnz, bias, static):
-  out = _native_forward(x, values, rows, cols, chans, nnz, bias, static)
-  return out, (x, values, rows, cols, chans, nnz, bias)
-
-
-def _native_bwd(static, res, g):
-  kernel_shape, strides, padding, relu, _ = static
-  return _reference_cotangents(kernel_shape, strides, padding, relu, res, g)
-
-
-_native_vjp.defvjp(_native_fwd, _native_bwd)
+_native_vjp = _with_reference_vjp(_native_forward)
 _native_jit = jax.jit(_native_vjp, static_argnums=(7,))
 
 _NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
