@@ -9,10 +9,9 @@ step and exactly resumable), or the first fraction of training; any of them can 
 final phase of full-size steps only (`Until`).
 
 Use with `fastnets.train.fit` (two compiled train steps, each compiled once and reused):
-
-    from fastnets.train import downsampling
-    result = train.fit(model, dataset, config,
-                       **downsampling.dynamic_downsampling(model, downsampling.every_k(4)))
+`dynamic_downsampling(model, every_k(4))` returns fit's `step_variants` and `choose_variant`
+keyword arguments, so `fit(model, dataset, config, **dynamic_downsampling(model, every_k(4)))`
+trains with every 4th batch downsampled.
 
 The paper: "up to 23% less training time on residual networks with minimal accuracy loss"
 (abstract); dataset, factors and schedules of its tables are not in what we have (unverified).
