@@ -106,8 +106,9 @@ CONCURRENT_SAFE = frozenset({
     "baseline", "bt_rnn", "revnet", "pacgan", "low_precision", "deep_fried", "ffnet", "pkt", "lcw",
     "vcl", "batchnorm_study", "selective_conv",
 })
-# XLA:CPU on one thread, for experiments that run beside another: two one-thread jobs on 2 cores
-# finish sooner than the same jobs one after the other on two threads each.
+# Passed to the side-by-side workers. They do not stop XLA:CPU's Eigen pool threads (seen with
+# `top -H`): pinning each worker to its own core (`_pin_worker`) is what keeps the jobs apart. Kept
+# because the run that wrote docs/RESULTS.md used them (the same floating-point order).
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -167,7 +168,7 @@ def _pin_worker(cores: list, counter) -> None:
 
 def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict:
   """Runs `names` in `jobs` fresh processes (spawned, each on its own core where the platform
-  allows, XLA on one thread, sharing this run's compilation cache); returns {name: outcome} as
+  allows, sharing this run's compilation cache); returns {name: outcome} as
   `_run_here` gives it."""
   jax.devices()  # This process's XLA keeps its threads: it is set up before the flags change.
   saved = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
