@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fastnets import benchmarking
 from fastnets.data import Dataset, eval_batches, train_batches
 from fastnets.train import sharding as shd
 from fastnets.train.checkpoint import Checkpointer, check_or_record_run_config
@@ -198,10 +199,9 @@ def fit(model: nn.Module,
     tx = tx_wrapper(tx)
 
   sample = next(eval_batches(dataset, dataset.train, 1))["image"]
-  # Keys are arguments, not constants, so that every seed runs the same compiled programs (one
-  # compilation per configuration when a persistent compilation cache is on).
-  state = jax.jit(lambda k, x: init_train_state(model, tx, k, x),
-                  out_shardings=shd.replicated(mesh))(init_key(config.seed), jnp.asarray(sample))
+  # Op by op, not jitted: see `init_train_state`.
+  state = shd.replicate(init_train_state(model, tx, init_key(config.seed), jnp.asarray(sample)),
+                        mesh)
 
   # Metric names come from tracing one variant once (shapes only, nothing runs).
   first_loss = next(iter(step_variants.values()))
@@ -262,6 +262,7 @@ def fit(model: nn.Module,
       state, sums = steps_fn[choose_variant(step)](state, shd.shard_batch(batch, mesh), sums,
                                                    run_key)
       step += 1
+      benchmarking.yield_to_timing(state)  # A timed section of another job may run now.
       for cb in callbacks:
         new_state = cb(step, state)
         state = state if new_state is None else new_state

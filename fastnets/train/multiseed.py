@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fastnets import benchmarking
 from fastnets.data import Dataset, eval_batches, train_batches
 from fastnets.train import sharding as shd
 from fastnets.train.config import TrainConfig
@@ -59,7 +60,7 @@ from fastnets.train.steps import (
   make_keyed_train_step,
 )
 
-SEED_BATCHING = ("auto", "vmap", "unroll")
+SEED_BATCHING = ("auto", "vmap", "unroll", "loop")
 # Options of `fit` that `fit_seeds` refuses, with the reason.
 _UNSUPPORTED = {
     "workdir": "fit_seeds neither checkpoints nor resumes",
@@ -118,8 +119,9 @@ def map_seeds(fn: Callable, num_seeds: int, seed_batching: str, in_axes: Sequenc
     `mapped(*args)`, with `fn`'s outputs stacked along a new leading seed axis; named
     `seeds_<fn's name>`, the name compilation logs show.
   """
-  if seed_batching not in ("vmap", "unroll"):
-    raise ValueError(f"seed_batching must be 'vmap' or 'unroll' here, got {seed_batching!r}.")
+  if seed_batching not in ("vmap", "unroll", "loop"):
+    raise ValueError(f"seed_batching must be 'vmap', 'unroll' or 'loop' here, got "
+                     f"{seed_batching!r}.")
   if any(axis not in (0, None) for axis in in_axes):
     raise ValueError(f"in_axes entries must be 0 or None, got {tuple(in_axes)}.")
 
@@ -131,7 +133,17 @@ def map_seeds(fn: Callable, num_seeds: int, seed_batching: str, in_axes: Sequenc
       outs.append(fn(*sliced))
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-  impl = jax.vmap(fn, in_axes=tuple(in_axes)) if seed_batching == "vmap" else unrolled
+  def looped(*args):
+    stacked = tuple(a for a, axis in zip(args, in_axes) if axis == 0)
+
+    def one_seed(sliced):
+      it = iter(sliced)
+      return fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
+
+    return jax.lax.map(one_seed, stacked)
+
+  impl = {"vmap": lambda *args: jax.vmap(fn, in_axes=tuple(in_axes))(*args),
+          "unroll": unrolled, "loop": looped}[seed_batching]
 
   def mapped(*args):
     return impl(*args)
@@ -298,13 +310,10 @@ def fit_seeds(model: nn.Module,
   mode = _resolve_seed_batching(seed_batching, loss_jaxpr, mesh)
   metric_names = ["loss", "grad_norm", *aux_metrics]
 
-  init_keys = shd.replicate(jnp.stack([init_key(s) for s in seeds]), mesh)
-
-  def init_state(key, x):
-    return init_train_state(model, tx, key, x)
-
-  state = jax.jit(map_seeds(init_state, num_seeds, mode, (0, None)),
-                  out_shardings=repl)(init_keys, sample)
+  # Op by op, seed after seed (see `init_train_state`), then stacked.
+  state = shd.replicate(
+      jax.tree.map(lambda *xs: jnp.stack(xs),
+                   *[init_train_state(model, tx, init_key(s), sample) for s in seeds]), mesh)
   # The run key of `make_train_step`: step t of seed s draws fold_in(key(s), t).
   run_keys = shd.replicate(jnp.stack([jax.random.key(s) for s in seeds]), mesh)
   step_fn = jax.jit(map_seeds(make_keyed_train_step(loss_fn, tx), num_seeds, mode, (0, 0, 0, 0)),
@@ -350,6 +359,7 @@ def fit_seeds(model: nn.Module,
       batch = {k: np.stack([b[k] for b in per_seed]) for k in per_seed[0]}
       state, sums = step_fn(state, shd.shard_batch(batch, mesh, axis=1), sums, run_keys)
       step += 1
+      benchmarking.yield_to_timing(state)  # A timed section of another job may run now.
       if step % config.log_every == 0 or step == config.steps:
         host_sums = jax.device_get(sums)
         check_finite(host_sums, step)

@@ -36,7 +36,14 @@ class TrainState(struct.PyTreeNode):
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
                      sample_input: jax.Array) -> TrainState:
-  """Initialises model variables (`model.init(key, x, train=False)`) and optimizer state."""
+  """Initialises model variables (`model.init(key, x, train=False)`) and optimizer state.
+
+  `fit` and `fit_seeds` call it op by op, not under `jit`: each initializer's program (e.g. a
+  truncated normal of one kernel shape, which XLA:CPU compiles slowly) then compiles once per
+  shape and is reused by every seed, every layer and model of that shape and, through a
+  persistent compilation cache, every process. One jitted initialisation compiles all of them
+  again for each model and, with seeds unrolled, for each seed. The values are the same.
+  """
   variables = model.init({"params": key, "dropout": key}, sample_input, train=False)
   variables = dict(variables)
   params = variables.pop("params")
