@@ -178,12 +178,11 @@ def bench(size: int, formats=("bfloat16", "fp8_e5m2", "fixed_2_14"), warmup: int
     checks[fmt_name] = _check(fmt_name, x, outputs)
     del outputs
     times = {name: [] for name in methods}
-    with benchmarking.exclusive_machine():
-      for _ in range(repeats):
-        for name in methods:
-          t0 = time.perf_counter()
-          call(name)
-          times[name].append(time.perf_counter() - t0)
+    for _ in range(repeats):
+      for name in methods:
+        t0 = time.perf_counter()
+        call(name)
+        times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     best = {name: min(ts) for name, ts in times.items()}
     for name, ts in times.items():

@@ -251,14 +251,12 @@ def run(config: dict) -> dict:
   tuned, tuning = common.apply_tuning(sys.modules[__name__], config)
   with common.compilation_cache(config["compilation_cache"]):
     for seed in config["seeds"]:
-      # One interleaved round, timed with the machine to itself (the report runs other jobs).
-      with benchmarking.exclusive_machine():
-        for name, spec in zip(names, specs):
-          out = _train_one(model, dataset, {**config, **tuned.get(name, {})}, spec, seed)
-          print(f"{name} seed {seed}: test accuracy {out['test_accuracy']:.4f}, train time "
-                f"{out['train_time_s']:.1f} s (fit {out['fit_wall_time_s']:.1f} s), downsampled "
-                f"{out['downsampled_fraction']:.2f}", flush=True)
-          runs[name].append(out)
+      for name, spec in zip(names, specs):
+        out = _train_one(model, dataset, {**config, **tuned.get(name, {})}, spec, seed)
+        print(f"{name} seed {seed}: test accuracy {out['test_accuracy']:.4f}, train time "
+              f"{out['train_time_s']:.1f} s (fit {out['fit_wall_time_s']:.1f} s), downsampled "
+              f"{out['downsampled_fraction']:.2f}", flush=True)
+        runs[name].append(out)
 
   metrics: dict = {"conv_flops_per_example": flops,
                    "conv_flops_ratio_downsampled_step": flops["downsampled"] / flops["full"]}

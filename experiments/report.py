@@ -11,12 +11,9 @@ its plots copied beside it, to the given path (the repository's docs/RESULTS.md 
 way, never by hand). `--only=baseline,revnet` runs a subset; `--smoke` the tiny test settings
 (seconds; every row then says scale `smoke` and its numbers mean nothing).
 
-The experiments run `--jobs` at a time (longest expected first), each in a spawned process pinned
-to its own core. Timing still sees an otherwise idle machine: the workers share a
-`fastnets.benchmarking.MachineLock`, every timed section (`time_interleaved`, the interleaved
-rounds of the benchmarks and of dynamic_downsampling) holds it alone, and the other jobs wait at
-their next training step until it is done. So timings are taken on one core of an idle machine.
-XLA on one core sums in another order than on two, so an experiment's numbers can differ from its
+The experiments without timing rows (`CONCURRENT_SAFE`) run first, `--jobs` at a time, each in a
+spawned process pinned to its own core; the others run alone afterwards, on all cores. XLA on one
+core sums in another order than on two, so a concurrent experiment's numbers can differ from its
 CLI run's in the last bits, and after training in the seed-to-seed noise, never systematically.
 """
 
@@ -26,14 +23,13 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from concurrent import futures
 
 import jax
 
-from fastnets import benchmarking, evidence
+from fastnets import evidence
 from fastnets.train import WorkdirMismatchError
 
 from . import common
@@ -68,9 +64,9 @@ EXPERIMENTS = [
     "memory_planning",
 ]
 
-# Quick-setting durations in seconds, for the progress line's estimate and the run order only
-# (rescaled by how fast this machine ran the experiments done so far): the main job of 2026-12-06
-# on 2 idle CPU cores.
+# Quick-setting durations in seconds, for the progress line's estimate only (rescaled by how fast
+# this machine ran the experiments done so far): the main job of 2026-12-06 on 2 idle CPU cores;
+# the CONCURRENT_SAFE ones each on its own core beside another.
 EXPECTED_S = {
     "baseline": 241, "bt_rnn": 162, "revnet": 385, "sparse_inference": 253, "pacgan": 360,
     "low_precision": 125, "deep_fried": 158, "dynamic_downsampling": 282, "ffnet": 264,
@@ -102,6 +98,14 @@ def _minutes(seconds: float) -> str:
   return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+# Experiments whose rows hold no wall-clock measurement: the report runs them side by side
+# (`jobs` at a time, each on its own core) before the others. Every experiment with a timing row
+# runs alone on all cores (never beside another job). `test_concurrent_experiments_time_nothing`
+# keeps timing code out of these modules.
+CONCURRENT_SAFE = frozenset({
+    "baseline", "bt_rnn", "revnet", "pacgan", "low_precision", "deep_fried", "ffnet", "pkt", "lcw",
+    "vcl", "batchnorm_study", "selective_conv",
+})
 # Passed to the side-by-side workers. They do not stop XLA:CPU's Eigen pool threads (seen with
 # `top -H`): pinning each worker to its own core (`_pin_worker`) is what keeps the jobs apart. Kept
 # because the run that wrote docs/RESULTS.md used them (the same floating-point order).
@@ -112,12 +116,14 @@ class Pace:
   """Progress lines with an estimate of what is left:
   `[4/26] pacgan starts ... 7:40 elapsed, about 12 min left`.
 
-  The estimate is the expected time (EXPECTED_S) of the experiments not yet finished divided by
-  `jobs`, scaled by how this run's finished experiments compared with their expected times."""
+  The estimate is the expected time (EXPECTED_S) of the experiments not yet finished, the
+  concurrent ones divided by `jobs`, scaled by how this run's finished experiments compared with
+  their expected times."""
 
-  def __init__(self, start: float, total: int, done: int, pending, jobs: int):
+  def __init__(self, start: float, total: int, done: int, concurrent, alone, jobs: int):
     self.start, self.total, self.done, self.jobs = start, total, done, max(1, jobs)
-    self.left = {n: EXPECTED_S.get(n, DEFAULT_EXPECTED_S) / self.jobs for n in pending}
+    self.left = {n: EXPECTED_S.get(n, DEFAULT_EXPECTED_S) / (self.jobs if n in concurrent else 1)
+                 for n in list(concurrent) + list(alone)}
     self.done_expected = 0.0
 
   def finished(self, name: str) -> None:
@@ -148,15 +154,7 @@ def _run_here(module, config: dict) -> tuple:
 
 
 def _run_in_worker(package: str, name: str, config: dict) -> tuple:
-  """`_run_here` in a pool worker, holding the machine lock shared (see the module docstring)."""
-  lock = benchmarking.machine_lock()
-  if lock is not None:
-    lock.share()
-  try:
-    return _run_here(importlib.import_module(f"{package}.{name}"), config)
-  finally:
-    if lock is not None:
-      lock.unshare()
+  return _run_here(importlib.import_module(f"{package}.{name}"), config)
 
 
 def _pin_worker(cores: list, counter) -> None:
@@ -170,15 +168,12 @@ def _pin_worker(cores: list, counter) -> None:
 
 def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict:
   """Runs `names` in `jobs` fresh processes (spawned, each on its own core where the platform
-  allows, sharing this run's compilation cache and one `MachineLock`), in that order; returns
-  {name: outcome} as `_run_here` gives it."""
+  allows, sharing this run's compilation cache); returns {name: outcome} as
+  `_run_here` gives it."""
   jax.devices()  # This process's XLA keeps its threads: it is set up before the flags change.
   saved = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
-                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                                          benchmarking.MACHINE_LOCK_ENV)}
+                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
   os.environ["XLA_FLAGS"] = f"{saved['XLA_FLAGS'] or ''} {ONE_THREAD_XLA_FLAGS}".strip()
-  lock_dir = tempfile.mkdtemp(prefix="fastnets_machine_lock_")
-  os.environ[benchmarking.MACHINE_LOCK_ENV] = lock_dir
   if jax.config.jax_compilation_cache_dir:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(
@@ -201,7 +196,6 @@ def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict
         pace.finished(name)
         print(pace.line(name, f"finished ({outcomes[name][2]:.0f} s)"), flush=True)
   finally:
-    shutil.rmtree(lock_dir, ignore_errors=True)
     for k, v in saved.items():
       if v is None:
         os.environ.pop(k, None)
@@ -332,20 +326,20 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
       outcomes[name] = (previous, None, 0.0, True)
     else:
       pending.append(name)
-  jobs = min(jobs, len(pending)) or 1
-  pace = Pace(start, len(names), len(outcomes), pending, jobs)
+  concurrent = [n for n in pending if n in CONCURRENT_SAFE] if jobs > 1 else []
+  concurrent = concurrent if len(concurrent) > 1 else []
+  alone = [n for n in pending if n not in concurrent]
+  pace = Pace(start, len(names), len(outcomes), concurrent, alone, jobs)
   # One compilation cache for the whole run: experiments share programs (e.g. the MNIST CNNs).
   with common.compilation_cache():
-    if jobs > 1:
-      order = sorted(pending, key=lambda n: -EXPECTED_S.get(n, DEFAULT_EXPECTED_S))
-      print(f"{len(order)} experiments run {jobs} at a time, each on one core, longest first; "
-            "timed sections wait until they have the machine alone", flush=True)
-      outcomes.update(_run_concurrently(order, configs, jobs, pace))
-    else:
-      for name in pending:
-        print(pace.line(name, "starts"), flush=True)
-        outcomes[name] = _run_here(modules[name], configs[name])
-        pace.finished(name)
+    if concurrent:
+      print(f"{len(concurrent)} experiments without timings run {jobs} at a time, each on one "
+            f"core: {', '.join(concurrent)}", flush=True)
+      outcomes.update(_run_concurrently(concurrent, configs, jobs, pace))
+    for name in alone:  # Timing experiments (and everything when jobs=1) run alone, on all cores.
+      print(pace.line(name, "starts"), flush=True)
+      outcomes[name] = _run_here(modules[name], configs[name])
+      pace.finished(name)
 
   all_results, rows, sections, failed, reused = {}, [], [], [], []
   for name in names:  # Report order, whatever order they ran in.
@@ -366,7 +360,7 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
     all_results[name] = results
     took = (f"reused: results written {results.get('date')} in "
             f"{results.get('wall_time_s', 0):.0f} s" if was_reused
-            else f"{seconds:.0f} s here" + (f", {jobs} at a time" if jobs > 1 else ""))
+            else f"{seconds:.0f} s here" + (f", {jobs} at a time" if name in concurrent else ""))
     section = [f"### {name}", "", f"`python -m experiments.{name} --workdir=DIR --quick` "
                f"({took}). Results: `{name}/results.json`.", ""]
     for label, path in (results.get("plots") or {}).items():
@@ -428,8 +422,8 @@ if __name__ == "__main__":
                       "with its plots copied into results/ beside it")
   flags.DEFINE_bool("overwrite", False, "replace results of other configurations in the "
                     "experiments' workdirs (without it, the report refuses them)")
-  flags.DEFINE_integer("jobs", 2, "experiments run this many at a time, each on its own core; "
-                       "timed sections still have the machine alone (1: one after another)",
+  flags.DEFINE_integer("jobs", 2, "experiments without timing rows run this many at a time, each "
+                       "on its own core; the others always run alone (1: all one after another)",
                        lower_bound=1)
   flags.DEFINE_bool("debug", False, "show the traceback of a user error instead of one line")
   app.run(main, flags_parser=common.parse_flags_or_exit)

@@ -7,25 +7,15 @@ two variants timed in the same round; `ratio_summary` gives its median and a 95%
 geometric mean (Student t over the rounds' log ratios), and `judge_ratio` turns that interval into
 a `fastnets.evidence` verdict. Absolute times are printed, never judged.
 
-Timing and other jobs: the main job (`experiments.report`) runs experiments side by side, one per
-core, and a timed section must still see an otherwise idle machine. Processes started with
-MACHINE_LOCK_ENV set share one `MachineLock`: each holds it shared while it computes, a timed
-section (`exclusive_machine`; `time_interleaved` takes it itself) holds it alone, and every
-training loop offers it at each step (`yield_to_timing`), so a timed section waits at most about
-one step of each other job. Without the variable all three are no-ops.
-
 Memory is measured, not estimated: `compiled_memory` reads the compiled executable's
 `memory_analysis()` (deterministic for a given program, backend and XLA version).
 
 A leaf module: jax, numpy and `fastnets.evidence` only.
 """
 
-import contextlib
-import fcntl
 import math
-import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -33,117 +23,6 @@ import numpy as np
 from fastnets import evidence
 
 MIN_ROUNDS = 5  # A timing verdict needs at least this many interleaved rounds.
-# A directory shared by cooperating processes (set by experiments.report for its workers).
-MACHINE_LOCK_ENV = "FASTNETS_MACHINE_LOCK"
-
-
-class MachineLock:
-  """A readers-writer lock over processes: computing jobs share the machine, a timed section has
-  it alone. Two `flock`ed files in `directory`: `machine` (held shared by every computing job,
-  alone by a timed section) and `turnstile` (held by a timed section from the moment it asks, so
-  that a job offering the machine, and a job starting, waits for it: no timed section starves).
-
-  A process never waits while it holds `machine`: `exclusive` and `offer` let it go first, so two
-  processes asking for timed sections at once take turns instead of deadlocking.
-  """
-
-  def __init__(self, directory: str):
-    os.makedirs(directory, exist_ok=True)
-    self._machine = os.open(os.path.join(directory, "machine"), os.O_RDWR | os.O_CREAT, 0o644)
-    self._turnstile = os.open(os.path.join(directory, "turnstile"), os.O_RDWR | os.O_CREAT,
-                              0o644)
-    self.shared = False  # whether this process holds `machine` shared
-    self.depth = 0  # nesting of exclusive sections (the lock is taken by the outermost)
-
-  def _pass_turnstile(self) -> None:
-    fcntl.flock(self._turnstile, fcntl.LOCK_SH)
-    fcntl.flock(self._turnstile, fcntl.LOCK_UN)
-
-  def share(self) -> None:
-    """Start computing: wait for any timed section, then hold the machine shared."""
-    if not self.shared and not self.depth:
-      self._pass_turnstile()
-      fcntl.flock(self._machine, fcntl.LOCK_SH)
-      self.shared = True
-
-  def unshare(self) -> None:
-    if self.shared:
-      fcntl.flock(self._machine, fcntl.LOCK_UN)
-      self.shared = False
-
-  def offer(self, wait_for: Any = None) -> bool:
-    """Between steps: if a timed section waits, let it run (after `wait_for` is computed, so
-    that no dispatched work of this process runs during it) and return True once it is done."""
-    if not self.shared or self.depth:
-      return False
-    try:
-      fcntl.flock(self._turnstile, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-      jax.block_until_ready(wait_for)
-      self.unshare()
-      self.share()
-      return True
-    fcntl.flock(self._turnstile, fcntl.LOCK_UN)
-    return False
-
-  @contextlib.contextmanager
-  def exclusive(self) -> Iterator[None]:
-    """The machine alone: every other process is waiting (or done) while the body runs."""
-    if self.depth:
-      self.depth += 1
-      try:
-        yield
-      finally:
-        self.depth -= 1
-      return
-    was_shared = self.shared
-    self.unshare()
-    fcntl.flock(self._turnstile, fcntl.LOCK_EX)
-    try:
-      fcntl.flock(self._machine, fcntl.LOCK_EX)
-      self.depth = 1
-      try:
-        yield
-      finally:
-        self.depth = 0
-        fcntl.flock(self._machine, fcntl.LOCK_UN)
-        if was_shared:
-          fcntl.flock(self._machine, fcntl.LOCK_SH)
-          self.shared = True
-    finally:
-      fcntl.flock(self._turnstile, fcntl.LOCK_UN)
-
-
-_machine_locks: dict = {}
-
-
-def machine_lock() -> Optional[MachineLock]:
-  """This process's `MachineLock` when MACHINE_LOCK_ENV names a directory, else None."""
-  directory = os.environ.get(MACHINE_LOCK_ENV)
-  if not directory:
-    return None
-  if directory not in _machine_locks:
-    _machine_locks[directory] = MachineLock(directory)
-  return _machine_locks[directory]
-
-
-@contextlib.contextmanager
-def exclusive_machine() -> Iterator[None]:
-  """Runs the body with the machine to itself when jobs share it (see the module docstring)."""
-  lock = machine_lock()
-  if lock is None:
-    yield
-  else:
-    with lock.exclusive():
-      yield
-
-
-def yield_to_timing(wait_for: Any = None) -> None:
-  """Called by training loops between steps: lets a waiting timed section of another process
-  run (see the module docstring). `wait_for`: the step's outputs, computed before yielding."""
-  lock = machine_lock()
-  if lock is not None:
-    lock.offer(wait_for)
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 2,
@@ -154,9 +33,6 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 2,
     fns: {name: thunk}; each thunk's result is waited for with `jax.block_until_ready`.
     warmup: untimed calls per callable after the first (compiling) call.
     repeats: timed rounds; each round calls every callable once, in order.
-
-  The compiling and warm-up calls may run beside other jobs; the rounds run under
-  `exclusive_machine`, after one more untimed call of each callable.
 
   Returns:
     {"times": {name: [seconds per round]}, "median": {name: seconds}, "min": {name: seconds},
@@ -171,14 +47,11 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 2,
     for _ in range(int(warmup) + 1):  # The first call compiles.
       outputs[name] = jax.block_until_ready(fn())
   times = {name: [] for name in fns}
-  with exclusive_machine():
-    for fn in fns.values():  # Warm again once alone: the other jobs' caches are gone.
+  for _ in range(int(repeats)):
+    for name, fn in fns.items():
+      start = time.perf_counter()
       jax.block_until_ready(fn())
-    for _ in range(int(repeats)):
-      for name, fn in fns.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times[name].append(time.perf_counter() - start)
+      times[name].append(time.perf_counter() - start)
   return {"times": times, "median": {n: float(np.median(t)) for n, t in times.items()},
           "min": {n: float(np.min(t)) for n, t in times.items()}, "outputs": outputs}
 

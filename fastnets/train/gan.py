@@ -31,7 +31,6 @@ import numpy as np
 import optax
 from flax import struct
 
-from fastnets import benchmarking
 from fastnets import data as data_lib
 from fastnets.models.pacgan import digit_classifier
 from fastnets.ops import gan as gan_ops
@@ -355,7 +354,6 @@ def train_gan(gan_step, state: GANState, data, key: jax.Array, num_steps: int, *
     n = min(chunk_size, num_steps - done)
     state, metrics, finite = get_chunk(n)(state, data, key)
     metrics, finite = jax.device_get((metrics, finite))
-    benchmarking.yield_to_timing(state)  # A timed section of another job may run now.
     done += n
     now = time.time()
     if not np.all(finite):

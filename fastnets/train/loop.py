@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fastnets import benchmarking
 from fastnets.data import Dataset, eval_batches, train_batches
 from fastnets.train import sharding as shd
 from fastnets.train.checkpoint import Checkpointer, check_or_record_run_config
@@ -262,7 +261,6 @@ def fit(model: nn.Module,
       state, sums = steps_fn[choose_variant(step)](state, shd.shard_batch(batch, mesh), sums,
                                                    run_key)
       step += 1
-      benchmarking.yield_to_timing(state)  # A timed section of another job may run now.
       for cb in callbacks:
         new_state = cb(step, state)
         state = state if new_state is None else new_state

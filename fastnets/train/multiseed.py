@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fastnets import benchmarking
 from fastnets.data import Dataset, eval_batches, train_batches
 from fastnets.train import sharding as shd
 from fastnets.train.config import TrainConfig
@@ -60,7 +59,7 @@ from fastnets.train.steps import (
   make_keyed_train_step,
 )
 
-SEED_BATCHING = ("auto", "vmap", "unroll", "loop")
+SEED_BATCHING = ("auto", "vmap", "unroll")
 # Options of `fit` that `fit_seeds` refuses, with the reason.
 _UNSUPPORTED = {
     "workdir": "fit_seeds neither checkpoints nor resumes",
@@ -119,9 +118,8 @@ def map_seeds(fn: Callable, num_seeds: int, seed_batching: str, in_axes: Sequenc
     `mapped(*args)`, with `fn`'s outputs stacked along a new leading seed axis; named
     `seeds_<fn's name>`, the name compilation logs show.
   """
-  if seed_batching not in ("vmap", "unroll", "loop"):
-    raise ValueError(f"seed_batching must be 'vmap', 'unroll' or 'loop' here, got "
-                     f"{seed_batching!r}.")
+  if seed_batching not in ("vmap", "unroll"):
+    raise ValueError(f"seed_batching must be 'vmap' or 'unroll' here, got {seed_batching!r}.")
   if any(axis not in (0, None) for axis in in_axes):
     raise ValueError(f"in_axes entries must be 0 or None, got {tuple(in_axes)}.")
 
@@ -133,17 +131,7 @@ def map_seeds(fn: Callable, num_seeds: int, seed_batching: str, in_axes: Sequenc
       outs.append(fn(*sliced))
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-  def looped(*args):
-    stacked = tuple(a for a, axis in zip(args, in_axes) if axis == 0)
-
-    def one_seed(sliced):
-      it = iter(sliced)
-      return fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
-
-    return jax.lax.map(one_seed, stacked)
-
-  impl = {"vmap": lambda *args: jax.vmap(fn, in_axes=tuple(in_axes))(*args),
-          "unroll": unrolled, "loop": looped}[seed_batching]
+  impl = jax.vmap(fn, in_axes=tuple(in_axes)) if seed_batching == "vmap" else unrolled
 
   def mapped(*args):
     return impl(*args)
@@ -359,7 +347,6 @@ def fit_seeds(model: nn.Module,
       batch = {k: np.stack([b[k] for b in per_seed]) for k in per_seed[0]}
       state, sums = step_fn(state, shd.shard_batch(batch, mesh, axis=1), sums, run_keys)
       step += 1
-      benchmarking.yield_to_timing(state)  # A timed section of another job may run now.
       if step % config.log_every == 0 or step == config.steps:
         host_sums = jax.device_get(sums)
         check_finite(host_sums, step)
