@@ -122,7 +122,8 @@ def test_every_flag_has_help(name):
 
 def test_compilation_cache_lets_every_seed_reuse_the_first_seeds_programs(mnist, tiny_cnn):
   """`fit` passes its keys as arguments, so seed 1 runs seed 0's programs: inside
-  `common.compilation_cache` its init, train and eval programs all come from the cache."""
+  `common.compilation_cache` its train and eval programs come from the cache (initialisation
+  runs op by op, its small programs already compiled in this process)."""
   import dataclasses
 
   import jax
@@ -143,7 +144,7 @@ def test_compilation_cache_lets_every_seed_reuse_the_first_seeds_programs(mnist,
     jax.config.update("jax_compilation_cache_dir", session_cache)
   hits = events.count("/jax/compilation_cache/cache_hits")
   misses = events.count("/jax/compilation_cache/cache_misses")
-  assert hits >= 3 and misses == 0, (hits, misses)
+  assert hits >= 2 and misses == 0, (hits, misses)
 
 
 @pytest.mark.parametrize("name", sorted(report.CONCURRENT_SAFE))
