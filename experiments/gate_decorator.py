@@ -14,9 +14,16 @@ pretraining steps are identical across arms: same seed, same batches):
   `score_batches` training batches; remove `tick_fraction` of the remaining channels or fewer to
   land on the target), tocks with the gate L1 penalty `gate_l1`, until the conv FLOPs are at most
   `target_flops` of the unpruned model's; then plain fine-tuning to the end.
-- `random`: at `pretrain_steps`, remove channels in a random global order to the same target;
-  the same fine-tuning steps.
+- `random`: at the step of the tick-tock arm's final tick (same seed), remove channels in a random
+  global order down to the FLOPs the tick-tock arm reached; then plain fine-tuning to the end.
 - `magnitude`: idem by |phi gamma| (the effective batch-norm scale; network slimming's score).
+
+So every arm of a seed trains the same steps under the same learning-rate schedule, makes its last
+prune at the same step (the same steps and rates after it) and ends at the same or fewer FLOPs:
+the arms differ in which channels they remove and in how (gradually, with the gate penalty, or
+at once). With coarse `channel_multiple` chunks a tick can overshoot the target (the last tick of
+a small net may remove half of a 16-channel layer), hence the achieved FLOPs as the one-shot
+arms' target.
 
 Also measured (per seed): the Taylor score's Spearman correlation with the loss change |dL| when a
 single channel of the pretrained model is zeroed, both on `spearman_images` validation images;
@@ -98,7 +105,14 @@ TUNING = {"note": "not tuned: gate_l1 (5e-4), tick_fraction (10% of the remainin
                   "added after the first quick runs (per-channel pruning, test accuracies "
                   "71.9% tick-tock, 90.1% random, 92.0% magnitude, speed-up 0.90x) had been "
                   "seen; it was chosen for speed (8 float32 lanes of AVX2), not for accuracy, "
-                  "and not tuned"}
+                  "and not tuned. Changed after the quick run of 2026-12-06 (tick-tock 49.9%, "
+                  "random 86.7%, magnitude 90.2% test accuracy) had been seen: the one-shot arms "
+                  "pruned at the end of pretraining to the 50% target, the tick-tock arm's last "
+                  "tick came 70 steps before the end, at about 13% of the peak learning rate, "
+                  "and overshot to 0.32 of the FLOPs (random 0.38, magnitude 0.41), so the arms "
+                  "differed in FLOPs and in the steps and rates after their last prune. Now the "
+                  "one-shot arms prune at the tick-tock arm's last tick, to the FLOPs it "
+                  "reached (design fixed before rerunning; no other setting changed)"}
 
 
 def _full_alive(model):
@@ -220,7 +234,7 @@ def run(config: dict) -> dict:
   val_batch = _validation_batch(dataset, config["spearman_images"])
   per_arm = {arm: [] for arm in ARMS}
   flops_ratio = {arm: [] for arm in ARMS}
-  spearman, surgery, ticks = [], [], []
+  spearman, surgery, ticks, last_prune_steps = [], [], [], []
   for seed in seeds:
     cfg = common.train_config({**config, "steps": p + f, "seed": seed})
     snapshot = {}
@@ -244,8 +258,11 @@ def run(config: dict) -> dict:
                          f"{f} steps; raise finetune_steps or tick_fraction.")
     ticks.append(tt.history)
     arm_flops = {"gate_decorator": tt.history[-1]["flops"]}
+    last_prune_step = tt.history[-1]["step"]
+    last_prune_steps.append(last_prune_step)
     for arm, score in (("random", _random_scores(seed)), ("magnitude", _magnitude_scores)):
-      shot = train.OneShotPrune(step=p, score_fn=score, target_flops=target, flops_fn=flops_fn,
+      shot = train.OneShotPrune(step=last_prune_step, score_fn=score,
+                                target_flops=arm_flops["gate_decorator"], flops_fn=flops_fn,
                                 min_keep=config["min_keep"],
                                 channel_multiple=config["channel_multiple"])
       res[arm] = train.fit(model, dataset, cfg, callbacks=[shot], verbose=False)
@@ -302,6 +319,7 @@ def run(config: dict) -> dict:
                "per_seed": [{k: v for k, v in r.items() if k not in ("speedup", "median_s")}
                             for r in surgery]},
       full_flops=full_flops, full_params=_params(full_vars), ticks=ticks, seeds=seeds,
+      last_prune_steps=last_prune_steps,
       load_average=common.load_average())
   plots = {}
   if config["workdir"]:
@@ -341,7 +359,10 @@ def report_rows(results: dict) -> list[dict]:
              f"({m['full_params']:,} params, {m['full_flops'] / 1e6:.2f} conv MFLOPs/image), "
              f"{cfg['pretrain_steps']} + {cfg['finetune_steps']} steps of batch "
              f"{cfg['batch_size']}, target {cfg['target_flops']:.0%} FLOPs, widths kept to "
-             f"multiples of {cfg.get('channel_multiple', 1)}, seeds "
+             f"multiples of {cfg.get('channel_multiple', 1)}"
+             + (f", one-shot arms pruned at tick-tock's last tick (steps "
+                f"{', '.join(str(s) for s in m['last_prune_steps'])}) to the FLOPs it reached"
+                if "last_prune_steps" in m else "") + ", seeds "
              f"{', '.join(str(s) for s in m['seeds'])}")
   acc = {a: m[a]["test_accuracy_per_seed"] for a in ARMS}
   fmt = lambda v: evidence.format_summary(evidence.summarize(v), 100)
