@@ -219,3 +219,16 @@ def test_tune_path_hides_test_and_quick_run_reads_the_record(tmp_path, monkeypat
   os.remove(common.tuning_path("deep_fried"))
   chosen, extra = common.apply_tuning(deep_fried, {**config, "tuning_record": True})
   assert chosen == {} and extra["tuning"].startswith("not re-derived")
+
+
+@pytest.mark.parametrize("name, arms, words", [
+    ("pkt", ["kd"], "must include 'student'"),
+    ("pkt", ["student", "fitnets"], "must include 'student'"),
+    ("anl", ["anl"], "must include 'baseline'"),
+])
+def test_arms_option_names_the_required_arm(name, arms, words, tmp_path):
+  module = importlib.import_module(f"experiments.{name}")
+  config = common.merge_config(module.DEFAULTS, module.SMOKE,
+                               {"workdir": str(tmp_path), "arms": arms})
+  with pytest.raises(ValueError, match=words):
+    module.run(config)
