@@ -133,9 +133,7 @@ def _plot(metrics, arms, eps_values, path):
 def run(config: dict) -> dict:
   config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   eps_values = [float(e) for e in config["fgsm_eps"]]
-  arms = [a for a in ARMS if a in config["arms"]]
-  if "baseline" not in arms or set(config["arms"]) - set(ARMS):
-    raise ValueError(f"arms must include 'baseline' and name only {ARMS}, got {config['arms']}.")
+  arms = common.selected(config["arms"], ARMS, "arms", required="baseline")
   metrics, named = {"arms": arms}, {}
   for arm in arms:
     model = _arm_model(arm, config, dataset.num_classes)

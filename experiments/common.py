@@ -613,6 +613,18 @@ def train_config(config: Mapping[str, Any]):
   return train.TrainConfig(**values)
 
 
+def selected(requested, known, what: str, required: Optional[str] = None) -> list:
+  """The entries of `known` that `requested` names, in `known`'s order (an experiment's `arms`
+  or `models` option). Raises ValueError naming `what` when `requested` names something unknown,
+  selects nothing, or leaves out `required` (the arm the others are compared with)."""
+  chosen = [k for k in known if k in requested]
+  unknown = [r for r in requested if r not in known]
+  if unknown or not chosen or (required is not None and required not in chosen):
+    need = f"must include {required!r} and " if required is not None else "must "
+    raise ValueError(f"{what} {need}name only some of {tuple(known)}, got {list(requested)}.")
+  return chosen
+
+
 class Setup(NamedTuple):
   """What most experiments' `run` starts from (`setup`)."""
   config: dict

@@ -366,8 +366,8 @@ def report_rows(results: dict) -> list[dict]:
              f"{', '.join(str(s) for s in m['seeds'])}")
   acc = {a: m[a]["test_accuracy_per_seed"] for a in ARMS}
   fmt = lambda v: evidence.format_summary(evidence.summarize(v), 100)
-  # With channel_multiple > 1 the reachable FLOPs are coarse, so the arms may land at different
-  # FLOPs under the same target: each row states them.
+  # With channel_multiple > 1 the reachable FLOPs are coarse: the one-shot arms, pruned to the
+  # FLOPs tick-tock reached, may land below them. Each row states every arm's FLOPs.
   fr = {a: statistics.fmean(m[a]["flops_ratio_per_seed"]) for a in ARMS}
   rows = []
   diff, verdict = evidence.judge_paired(acc["gate_decorator"], acc["random"], 0.01,

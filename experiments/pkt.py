@@ -118,10 +118,7 @@ def _retrieval_map(model, variables, dataset, chunk, database=0):
 def run(config: dict) -> dict:
   config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
   chunk = config["eval_chunk"]
-  arms = [a for a in ARMS if a in config["arms"]]
-  if "student" not in arms or set(config["arms"]) - set(ARMS):
-    raise ValueError(f"arms must include 'student' and name only arms of {ARMS}, got "
-                     f"{config['arms']}.")
+  arms = common.selected(config["arms"], ARMS, "arms", required="student")
 
   teacher = models.PoolingCNN(num_classes=dataset.num_classes, head="gap",
                               channels=tuple(config["teacher_channels"]))

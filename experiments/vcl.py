@@ -88,9 +88,7 @@ def _plot(metrics, path):
 
 def run(config: dict) -> dict:
   config, timer, dataset, tcfg, seeds = common.setup(DEFAULTS, config)
-  names = [n for n in MODELS if n in config["models"]]
-  if not names or set(config["models"]) - set(MODELS):
-    raise ValueError(f"models must name some of {MODELS}, got {config['models']}.")
+  names = common.selected(config["models"], MODELS, "models")
   metrics = {"models": names}
   for name in names:
     metrics[name] = {}

@@ -225,10 +225,18 @@ def test_tune_path_hides_test_and_quick_run_reads_the_record(tmp_path, monkeypat
     ("pkt", ["kd"], "must include 'student'"),
     ("pkt", ["student", "fitnets"], "must include 'student'"),
     ("anl", ["anl"], "must include 'baseline'"),
+    ("vcl", ["resnet_9000"], "models must name only some of"),
 ])
 def test_arms_option_names_the_required_arm(name, arms, words, tmp_path):
   module = importlib.import_module(f"experiments.{name}")
+  key = "models" if name == "vcl" else "arms"
   config = common.merge_config(module.DEFAULTS, module.SMOKE,
-                               {"workdir": str(tmp_path), "arms": arms})
+                               {"workdir": str(tmp_path), key: arms})
   with pytest.raises(ValueError, match=words):
     module.run(config)
+
+
+def test_selected_keeps_the_known_order_and_names_the_option():
+  assert common.selected(["c", "a"], ("a", "b", "c"), "arms", required="a") == ["a", "c"]
+  with pytest.raises(ValueError, match="models must name only some of"):
+    common.selected([], ("a", "b"), "models")

@@ -42,7 +42,9 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: ja
   truncated normal of one kernel shape, which XLA:CPU compiles slowly) then compiles once per
   shape and is reused by every seed, every layer and model of that shape and, through a
   persistent compilation cache, every process. One jitted initialisation compiles all of them
-  again for each model and, with seeds unrolled, for each seed. The values are the same.
+  again for each model and, with seeds unrolled, for each seed. Initializer draws are bit for
+  bit the same either way; a parameter computed from draws (Fastfood's scaling S) can differ in
+  the last bit, because one jitted program fuses that arithmetic differently.
   """
   variables = model.init({"params": key, "dropout": key}, sample_input, train=False)
   variables = dict(variables)
