@@ -29,10 +29,11 @@ earlier setting had been seen). The record is in results.json (`tuning`).
 `tensor_optimize="size"` picks the contraction order of the BT/TT products
 (`experiments/bench_bt_rnn.py` times the orders).
 
-Quick setting (QUICK): hidden 64 = 2 x 4 x 2 x 4, 8,000 training sequences, 1,000 steps of batch
-64, three seeds, LSTM vs TT-LSTM (budget of bt_lstm_r4_c2) vs BT-LSTM R = 2, 4 and R = 4 with C = 2
-blocks (the largest BT map under a 100x parameter budget). Full setting (DEFAULTS): the same task,
-2,000 steps, hidden 256 = 4^4 as in the paper. UCF11 is not in tensorflow-datasets; UCF101 is
+Quick setting (QUICK): hidden 64 = 2 x 4 x 2 x 4, 8,000 training sequences, 600 steps of batch 64
+(1,000 until the main job had to fit 30 minutes), three seeds, LSTM vs TT-LSTM (budget of
+bt_lstm_r4_c2) vs BT-LSTM R = 2, 4 and R = 4 with C = 2 blocks (the largest BT map under a 100x
+parameter budget). Full setting (DEFAULTS): the same task, 2,000 steps, hidden 256 = 4^4 as in the
+paper. UCF11 is not in tensorflow-datasets; UCF101 is
 (`ucf101`, prepared with TensorFlow into --data_dir): `--dataset=ucf101` reads `seq_len` frames per
 video resized to 120 x 160 RGB (`fastnets.data.load_video_dataset`); that path is untested on the
 real data.
@@ -89,7 +90,7 @@ DEFAULTS = {
 }
 QUICK = {"train_sequences": 8000, "seeds": [0, 1, 2], "hidden": 64, "hidden_factors": [2, 4, 2, 4],
          "models": ["lstm", "tt_lstm", "bt_lstm_r2", "bt_lstm_r4", "bt_lstm_r4_c2"],
-         "steps": 1000, "log_every": 50, "eval_every": 250, "tuning_record": True}
+         "steps": 600, "log_every": 50, "eval_every": 200, "tuning_record": True}
 SMOKE = {**QUICK, "models": ["lstm", "tt_lstm", "bt_lstm_r1"], "seeds": [0],
          "train_sequences": 64, "val_sequences": 40, "test_sequences": 40, "hidden": 16,
          "hidden_factors": [2, 2, 2, 2],

@@ -32,12 +32,13 @@ Tasks (the issue's; metrics as `experiments/pacgan.py`):
   LCW with a 24-d code (the authors' setting) against `experiments.pacgan`'s DCGAN and PacDCGAN2
   (its stacked-MNIST task), modes out of 1,000 and KL to uniform on `sm_eval_samples` samples.
 
-QUICK (the report's): the synthetic arms at `steps` = 1,000 (PacGAN's quick widths: G 64 x 4,
-D 64 x 5 maxout; the GANs keep `experiments/pacgan.py`'s quick learning rate), MNIST phase
-steps of a few hundred, 3 seeds. Nothing was tuned (see `TUNING`): the LCW settings are the
-authors' (code gmum/lcw-generator: Adam, learning rates 1e-3 for the autoencoder, 5e-4 for the
-generators, batch 128 / 256, code dimension 8, latent generator 5 x 512, closed-form Cramer-Wold
-kernel), with narrower networks and far fewer steps.
+QUICK (the report's): the synthetic arms at `steps` = 500 (1,000, and MNIST phases of 300-800
+steps, until the main job had to fit 30 minutes; PacGAN's quick widths: G 64 x 4, D 64 x 5 maxout;
+the GANs keep `experiments/pacgan.py`'s quick learning rate), MNIST phase steps of a few hundred, 3
+seeds. Nothing was tuned (see `TUNING`): the LCW settings are the authors' (code
+gmum/lcw-generator: Adam, learning rates 1e-3 for the autoencoder, 5e-4 for the generators, batch
+128 / 256, code dimension 8, latent generator 5 x 512, closed-form Cramer-Wold kernel), with
+narrower networks and far fewer steps.
 
 The numbers are in results.json and docs/RESULTS.md. All three tasks are short-run proxies: the
 GANs are far from the paper's 400,000 steps.
@@ -127,13 +128,13 @@ DEFAULTS = {
     "sm_eval_samples": 26_000,      # stacked MNIST: generated stacks classified per run
     "sm_features": 32,              # stacked MNIST: the GAN arms' DCGAN base width f
 }
-QUICK = {"seeds": 3, "steps": 1000, "gen_hidden": pacgan.QUICK["gen_hidden"],
+QUICK = {"seeds": 3, "steps": 500, "gen_hidden": pacgan.QUICK["gen_hidden"],
          "disc_hidden": pacgan.QUICK["disc_hidden"],
          "learning_rate": pacgan.QUICK["learning_rate"],
          "lr_schedule": pacgan.QUICK["lr_schedule"],
-         "ae_hidden": 128, "ae_depth": 2, "ae_steps": 400, "lg_hidden": 128, "lg_depth": 3,
-         "lg_steps": 400, "gan_steps": 800, "gan_disc_hidden": 64,
-         "classifier_steps": 300, "stacked_mnist": False}
+         "ae_hidden": 128, "ae_depth": 2, "ae_steps": 250, "lg_hidden": 128, "lg_depth": 3,
+         "lg_steps": 250, "gan_steps": 400, "gan_disc_hidden": 64,
+         "classifier_steps": 200, "stacked_mnist": False}
 SMOKE = {"seeds": 1, "steps": 4, "datasets": ["ring"], "gan_degrees": [1], "chunk_size": 2,
          "gen_hidden": 8, "gen_depth": 2,
          "disc_hidden": 8, "disc_pieces": 2, "disc_depth": 2, "num_points": 1000,

@@ -66,16 +66,17 @@ EXPERIMENTS = [
     "memory_planning",
 ]
 
-# Quick-setting durations in seconds, for the progress line's estimate only (rescaled by how fast
-# this machine ran the experiments done so far): the main job of 2026-12-06 on 2 idle CPU cores;
-# the CONCURRENT_SAFE ones each on its own core beside another.
+# Quick-setting durations in seconds, for the progress line's estimate (rescaled by how fast this
+# machine ran the experiments done so far) and the longest-first order of the side-by-side jobs:
+# the main job of 2026-12-06 on 2 idle CPU cores, the CONCURRENT_SAFE ones each on its own core
+# beside another (estimates where a setting was cut after that run).
 EXPECTED_S = {
-    "baseline": 241, "bt_rnn": 162, "revnet": 385, "sparse_inference": 253, "pacgan": 360,
-    "low_precision": 125, "deep_fried": 158, "dynamic_downsampling": 282, "ffnet": 264,
-    "ktanh": 52, "abc_net": 88, "gm_sop": 94, "pkt": 203, "lcw": 122, "anl": 111, "vcl": 121,
-    "batchnorm_study": 178, "gate_decorator": 67, "free_tickets": 61, "selective_conv": 178,
-    "bench_fastfood": 22, "bench_rounding": 4, "bench_sparse_conv": 35, "bench_reversible": 24,
-    "bench_bt_rnn": 43, "memory_planning": 66,
+    "revnet": 312, "pacgan": 170, "ffnet": 170, "baseline": 168, "sparse_inference": 166,
+    "batchnorm_study": 153, "selective_conv": 142, "bt_rnn": 120, "pkt": 120,
+    "dynamic_downsampling": 110, "deep_fried": 108, "anl": 85, "memory_planning": 85, "lcw": 85,
+    "low_precision": 80, "gate_decorator": 78, "free_tickets": 68, "abc_net": 65, "vcl": 61,
+    "gm_sop": 58, "bench_sparse_conv": 49, "bench_bt_rnn": 49, "ktanh": 45, "bench_reversible": 30,
+    "bench_fastfood": 25, "bench_rounding": 5,
 }
 DEFAULT_EXPECTED_S = 90
 
@@ -335,6 +336,8 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
     else:
       pending.append(name)
   concurrent = [n for n in pending if n in CONCURRENT_SAFE] if jobs > 1 else []
+  # Longest first, so that no long job starts last while the other core idles.
+  concurrent.sort(key=lambda n: -EXPECTED_S.get(n, DEFAULT_EXPECTED_S))
   concurrent = concurrent if len(concurrent) > 1 else []
   alone = [n for n in pending if n not in concurrent]
   pace = Pace(start, len(names), len(outcomes), concurrent, alone, jobs)
