@@ -24,8 +24,8 @@ minus the baseline's of the same seed (same initialisation and batches), in poin
 `accuracy_change_points_std` its standard deviation over seeds (ddof 1).
 
 Quick: ResNet-8 with widths (8, 8, 16, 32) on the bundled MNIST (7,000 / 1,000 / 2,000 digits),
-400 Adam steps of batch 32 with a cosine decay (1,500 until the main job had to fit 30
-minutes; the sweep was re-run for 400), schedules phase:0.25 (the first quarter of
+300 Adam steps of batch 32 with a cosine decay (1,500 until the main job had to fit 30
+minutes; the sweep was re-run for 300), schedules phase:0.25 (the first quarter of
 training downsampled, coarse to fine) and every:4 (every 4th batch, interleaved as in the paper),
 both 25% of the batches, five seeds (the accuracy margin is half a point). Each arm (the
 baseline and each schedule) trains at its Adam learning rate from the committed sweep
@@ -85,7 +85,7 @@ DEFAULTS = {
     "tuning_record": False,  # read per-arm learning rates from tuning/dynamic_downsampling.json
 }
 QUICK = {
-    "dataset": "mnist_bundled", "depth": 8, "widths": [8, 8, 16, 32], "steps": 400,
+    "dataset": "mnist_bundled", "depth": 8, "widths": [8, 8, 16, 32], "steps": 300,
     "batch_size": 32, "optimizer": "adam", "learning_rate": 3e-3, "weight_decay": 0.0,
     "warmup_steps": 0, "augment": "none",
     "schedules": ["phase:0.25", "every:4"], "seeds": [0, 1, 2, 3, 4],

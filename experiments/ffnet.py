@@ -10,7 +10,7 @@ the gradient norm of the early layers (the three main-path convs of stage 1, whi
 share) at initialisation for several seeds, and during training every `grad_every` steps on a
 fixed batch. Also the norm of every main-path conv's gradient against depth at initialisation.
 
-Quick: FFNet width 16 (64 in the paper) on the bundled MNIST, 120 Adam steps of batch 32 (200 until
+Quick: FFNet width 16 (64 in the paper) on the bundled MNIST, 90 Adam steps of batch 32 (200 until
 the main job had to fit 30 minutes), three training seeds (test accuracy, paired by seed), gradient
 norms at initialisation over three seeds.
 Each model's learning rate comes from the committed sweep `experiments/tuning/ffnet.json`
@@ -64,7 +64,7 @@ DEFAULTS = {
 }
 QUICK = {
     "dataset": "mnist_bundled", "features": 16, "resnet_depth": 8, "resnet_widths": [8, 8, 16, 32],
-    "steps": 120, "batch_size": 32, "optimizer": "adam", "learning_rate": 1e-3,
+    "steps": 90, "batch_size": 32, "optimizer": "adam", "learning_rate": 1e-3,
     "weight_decay": 0.0, "augment": "none", "seeds": [0, 1, 2], "grad_seeds": [0, 1, 2],
     "grad_every": 50, "log_every": 25, "tuning_record": True,
 }

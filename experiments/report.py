@@ -68,15 +68,15 @@ EXPERIMENTS = [
 
 # Quick-setting durations in seconds, for the progress line's estimate (rescaled by how fast this
 # machine ran the experiments done so far) and the longest-first order of the side-by-side jobs:
-# the main job of 2026-12-06 on 2 idle CPU cores, the CONCURRENT_SAFE ones each on its own core
+# the main job of 2026-12-07 on 2 idle CPU cores, the CONCURRENT_SAFE ones each on its own core
 # beside another (estimates where a setting was cut after that run).
 EXPECTED_S = {
-    "revnet": 312, "pacgan": 170, "ffnet": 170, "baseline": 168, "sparse_inference": 166,
-    "batchnorm_study": 153, "selective_conv": 142, "bt_rnn": 120, "pkt": 120,
-    "dynamic_downsampling": 110, "deep_fried": 108, "anl": 85, "memory_planning": 85, "lcw": 85,
-    "low_precision": 80, "gate_decorator": 78, "free_tickets": 68, "abc_net": 65, "vcl": 61,
-    "gm_sop": 58, "bench_sparse_conv": 49, "bench_bt_rnn": 49, "ktanh": 45, "bench_reversible": 30,
-    "bench_fastfood": 25, "bench_rounding": 5,
+    "revnet": 250, "ffnet": 140, "sparse_inference": 147, "baseline": 130, "bt_rnn": 130,
+    "batchnorm_study": 130, "selective_conv": 125, "pacgan": 120, "pkt": 120, "lcw": 98,
+    "low_precision": 90, "deep_fried": 90, "dynamic_downsampling": 85, "vcl": 70, "anl": 70,
+    "memory_planning": 69, "gate_decorator": 62, "gm_sop": 61, "abc_net": 61, "free_tickets": 55,
+    "bench_sparse_conv": 48, "bench_bt_rnn": 46, "ktanh": 43, "bench_reversible": 28,
+    "bench_fastfood": 23, "bench_rounding": 5,
 }
 DEFAULT_EXPECTED_S = 90
 
@@ -173,6 +173,12 @@ def _pin_worker(cores: list, counter) -> None:
     index = counter.value
     counter.value += 1
   os.sched_setaffinity(0, {cores[index % len(cores)]})
+
+
+def longest_first(names: list) -> list:
+  """`names` by expected duration, longest first (ties keep their order): the side-by-side jobs
+  start in this order, so that no long job starts last while the other core idles."""
+  return sorted(names, key=lambda n: -EXPECTED_S.get(n, DEFAULT_EXPECTED_S))
 
 
 def _run_concurrently(names: list, configs: dict, jobs: int, pace: Pace) -> dict:
@@ -335,9 +341,7 @@ def run_all(workdir: str, only=None, smoke: bool = False, reuse: bool = False,
       outcomes[name] = (previous, None, 0.0, True)
     else:
       pending.append(name)
-  concurrent = [n for n in pending if n in CONCURRENT_SAFE] if jobs > 1 else []
-  # Longest first, so that no long job starts last while the other core idles.
-  concurrent.sort(key=lambda n: -EXPECTED_S.get(n, DEFAULT_EXPECTED_S))
+  concurrent = longest_first([n for n in pending if n in CONCURRENT_SAFE]) if jobs > 1 else []
   concurrent = concurrent if len(concurrent) > 1 else []
   alone = [n for n in pending if n not in concurrent]
   pace = Pace(start, len(names), len(outcomes), concurrent, alone, jobs)

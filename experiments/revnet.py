@@ -38,7 +38,7 @@ Quick setting (the report's), with these deviations from the paper, all for time
 * every width divided by `width_divisor` = 4: RevNet-38 filters 8-8-16-28 (~30k parameters),
   ResNet-32 widths 4-4-8-16 (~30k parameters), so the two still have equal parameter counts as
   in the paper (0.46M each at full width);
-* 120 Adam steps (cosine to 0) of batch 32 (0.55 epoch; 200 before the main job had to fit
+* 90 Adam steps (cosine to 0) of batch 32 (0.4 epoch; 200 before the main job had to fit
   30 minutes) instead of 80k momentum-SGD steps of
   batch 100, each net at its learning rate from the committed sweep
   `experiments/tuning/revnet.json` (`python -m experiments.revnet --tune`: the same Adam grid
@@ -104,7 +104,7 @@ DEFAULTS = {
     "tuning_record": False,  # read per-net learning rates from experiments/tuning/revnet.json
 }
 QUICK = {
-    "dataset": "mnist_bundled", "revnets": ["revnet38"], "width_divisor": 4, "steps": 120,
+    "dataset": "mnist_bundled", "revnets": ["revnet38"], "width_divisor": 4, "steps": 90,
     "batch_size": 32, "optimizer": "adam", "learning_rate": 1e-2, "schedule": "cosine",
     "weight_decay": 0.0, "augment": "none", "log_every": 25, "eval_every": 0,
     "checkpoint_every": 0, "seeds": [0, 1, 2, 3, 4], "train_unroll": True,

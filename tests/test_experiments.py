@@ -240,3 +240,27 @@ def test_selected_keeps_the_known_order_and_names_the_option():
   assert common.selected(["c", "a"], ("a", "b", "c"), "arms", required="a") == ["a", "c"]
   with pytest.raises(ValueError, match="models must name only some of"):
     common.selected([], ("a", "b"), "models")
+
+
+def test_setting_changes_reach_results_json(tmp_path):
+  """A quick setting changed after its test numbers were seen says so in every results.json of
+  that experiment; the record names only experiments of the report."""
+  assert set(common.SETTING_CHANGES) <= set(report.EXPERIMENTS)
+  name = sorted(common.SETTING_CHANGES)[0]
+  record = common.write_results(str(tmp_path), name, {}, {}, {}, 0.0)
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["setting_changes"] == common.SETTING_CHANGES[name] == \
+        record["setting_changes"]
+  unchanged = next(n for n in report.EXPERIMENTS if n not in common.SETTING_CHANGES)
+  assert "setting_changes" not in common.write_results(None, unchanged, {}, {}, {}, 0.0)
+
+
+def test_side_by_side_jobs_start_longest_first():
+  """Every experiment has an expected duration (the order and the progress estimate use it)."""
+  assert set(report.EXPECTED_S) == set(report.EXPERIMENTS)
+  order = report.longest_first(sorted(report.CONCURRENT_SAFE))
+  assert sorted(order) == sorted(report.CONCURRENT_SAFE)
+  assert [report.EXPECTED_S[n] for n in order] == sorted(
+      (report.EXPECTED_S[n] for n in order), reverse=True)
+  assert report.longest_first(["unknown_a", "revnet", "unknown_b"]) == [
+      "revnet", "unknown_a", "unknown_b"]
