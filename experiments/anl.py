@@ -74,7 +74,8 @@ TUNING = {"note": "not tuned: anl_eps 0.3, gaussian_std 0.3, dropout_rate 0.25 a
                   "0.1 were fixed before any run (ANL's eps in the official code is a few "
                   "hundredths for deep CIFAR nets; a larger one was chosen for a two-layer MNIST "
                   "net so that the noise is not negligible); the quick setting's size and "
-                  "learning rate (Adam 3e-3, 150 steps of 64) were chosen for run time, the same "
+                  "learning rate (Adam 3e-3, 150 steps of 64, then 60; see setting_changes) were "
+                  "chosen for run time, the same "
                   "for every arm (a first quick run of 250 steps took 12 minutes on a loaded "
                   "machine; it was shortened for time, not for its numbers)"}
 
