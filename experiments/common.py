@@ -45,8 +45,8 @@ def devices_record() -> dict:
 # Quick settings changed after test numbers of the earlier setting had been seen, and why: written
 # into every results.json of the experiment (`setting_changes`). All of these were cut, chosen by
 # cost alone before any run of the new setting, so that the main job fits its 30 minutes on 2 CPU
-# cores (46 min 24 s before, docs/RESULTS.md at fe31119; rounds of cuts
-# gave 32 min 6 s and 30 min 20 s or so; the verdicts of those runs were not read before the next).
+# cores (46:24 before, docs/RESULTS.md at fe31119; three rounds of cuts gave 32:06, 29:58 and
+# 28:03, and the verdicts of each run were not read before the next round was chosen).
 _BUDGET_CUT = ("cut for the main job's 30-minute budget (chosen by run time, before any run of "
                "the new setting; not for its result): ")
 SETTING_CHANGES = {
