@@ -157,8 +157,10 @@ def test_progress_line_estimates_what_is_left():
   pace.finished("baseline")
   line = pace.line("pacgan", "starts")
   left = 2 * ((expected["pacgan"] + expected["ffnet"]) / 2 + expected["bench_rounding"])
-  assert line.startswith("[2/4] pacgan starts ... ") and line.endswith(
-      f"elapsed, about {round(left / 60)} min left"), line
+  assert line.startswith("[2/4] pacgan starts ... ") and line.endswith(" min left"), line
+  # Rounded to whole minutes; the elapsed time grows a little while the test runs.
+  minutes = int(line.rsplit("about ", 1)[1].split()[0])
+  assert abs(minutes - left / 60) <= 0.5 + 0.05, line
 
 
 # --- timing ratios ----------------------------------------------------------------------------
