@@ -66,7 +66,7 @@ DEFAULTS = {
     "time_batch": 256,  # conv ticket: inference batch of the sparse vs dense timing
     "time_repeats": 9,  # conv ticket: interleaved timing rounds
 }
-QUICK = {"steps": 900,  # 1,200 until the main job had to fit 30 minutes
+QUICK = {"steps": 900,  # cut for time: common.SETTING_CHANGES
          "conv_steps": 300, "seeds": list(evidence.EVAL_SEEDS[:3])}
 SMOKE = {"steps": 12, "update_every": 2, "batch_size": 16, "eval_batch_size": 500,
          "log_every": 4, "hidden": [16, 8], "seeds": [0], "conv_channels": [4, 8],

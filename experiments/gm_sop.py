@@ -54,7 +54,7 @@ DEFAULTS = {
     "timing_repeats": 7,  # interleaved timed train-step rounds, after 2 warm-ups
     "seeds": list(evidence.EVAL_SEEDS),  # training seeds, the same for every head
 }
-QUICK = {"steps": 120,  # 300 until the main job had to fit 30 minutes
+QUICK = {"steps": 120,  # cut for time: common.SETTING_CHANGES
          "log_every": 100, "channels": [8, 16], "seeds": list(evidence.EVAL_SEEDS)}
 SMOKE = {"steps": 2, "batch_size": 16, "eval_batch_size": 500, "log_every": 1,
          "timing_repeats": 1, "seeds": [0], "channels": [4, 8], "sop_dim": 4}

@@ -61,7 +61,7 @@ DEFAULTS = {
     "seeds": list(evidence.EVAL_SEEDS),  # training seeds of every student arm
     "arms": list(ARMS),  # student (required), kd, pkt, pkt_kd, pkt_handcrafted
 }
-QUICK = {"steps": 120, "teacher_steps": 150,  # 300 / 400 until the main job had to fit 30 min
+QUICK = {"steps": 120, "teacher_steps": 150,  # cut for time: common.SETTING_CHANGES
          "teacher_channels": [16, 32],
          "student_channels": [8, 16], "learning_rate": 5e-3, "map_database": 3000,
          "seeds": list(evidence.EVAL_SEEDS[:3])}

@@ -86,7 +86,7 @@ DEFAULTS = {
   "seeds": [0, 1, 2],        # evaluation seeds of the dense and pruned trainings
   "im2col_baselines": True,  # time im2col + matmul and im2col + BCOO too
 }
-QUICK = {"steps": 400, "batch_size": 64, "repeats": 5}  # batch 128 until the 30-minute budget
+QUICK = {"steps": 400, "batch_size": 64, "repeats": 5}  # cut for time: common.SETTING_CHANGES
 SMOKE = {"seeds": [0], "steps": 2, "batch_size": 32, "log_every": 1, "eval_every": 0,
          "eval_batch_size": 500,
          "check_examples": 256, "check_batch": 128, "time_batch": 8, "warmup": 1, "repeats": 2}

@@ -42,7 +42,7 @@ DEFAULTS = {
     "seeds": list(evidence.EVAL_SEEDS[:3]),  # evaluation seeds
     "models": list(MODELS),  # "cnn" and/or "mlp"
 }
-QUICK = {"steps": 150,  # 300 until the main job had to fit 30 minutes
+QUICK = {"steps": 150,  # cut for time: common.SETTING_CHANGES
          "cnn_channels": [8, 16], "cnn_hidden": 32, "mlp_hidden": [64, 64, 64]}
 # The smoke run trains the MLP only (fewer compilations in the test suite; the CNN's three
 # variants are built in tests/test_training_dynamics.py).
